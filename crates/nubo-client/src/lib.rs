@@ -1,0 +1,260 @@
+//! A client of the Nubo admin API and gateway, used by the CLI and by tests.
+//!
+//! It knows the routes and the error shape of the API (interface.md §3, §4), and nothing of
+//! the server's internals. Answers are JSON values: the CLI prints them, tests inspect them.
+
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "cannot reach the Nubo server at {url}: {reason}. Is `nubo up` running? (set --server or NUBO_SERVER)"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error("{message}{}", hint.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default())]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        hint: Option<String>,
+    },
+    #[error("unexpected answer from the server ({status}): {body}")]
+    Protocol { status: u16, body: String },
+}
+
+impl ClientError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// The answer of an invocation, whatever its status.
+#[derive(Debug)]
+pub struct Invocation {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DeployBody<'a> {
+    manifest: &'a str,
+    file: &'a str,
+    artifacts: &'a BTreeMap<String, String>,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        Client {
+            http: reqwest::Client::builder()
+                .pool_idle_timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("a plain HTTP client always builds"),
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn api(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let mut rb = self
+            .http
+            .request(method, format!("{}/_nubo/api/v1{path}", self.base));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        rb
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        rb.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })
+    }
+
+    async fn json(&self, rb: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let resp = self.send(rb).await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        let value: Option<Value> = serde_json::from_slice(&body).ok();
+        if (200..300).contains(&status) {
+            return value.ok_or_else(|| ClientError::Protocol {
+                status,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
+        }
+        Err(api_error(status, value, &body))
+    }
+
+    pub async fn health(&self) -> Result<Value, ClientError> {
+        self.json(self.http.get(format!("{}/_nubo/health", self.base)))
+            .await
+    }
+
+    pub async fn functions(&self) -> Result<Value, ClientError> {
+        self.json(self.api(reqwest::Method::GET, "/functions"))
+            .await
+    }
+
+    pub async fn function(&self, name: &str) -> Result<Value, ClientError> {
+        self.json(self.api(reqwest::Method::GET, &format!("/functions/{name}")))
+            .await
+    }
+
+    pub async fn instances(&self, name: &str) -> Result<Value, ClientError> {
+        self.json(self.api(
+            reqwest::Method::GET,
+            &format!("/functions/{name}/instances"),
+        ))
+        .await
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<Value, ClientError> {
+        self.json(self.api(reqwest::Method::DELETE, &format!("/functions/{name}")))
+            .await
+    }
+
+    /// Log lines after id `after` (0: the newest `limit`).
+    pub async fn logs(&self, name: &str, after: i64, limit: i64) -> Result<Value, ClientError> {
+        self.json(self.api(
+            reqwest::Method::GET,
+            &format!("/functions/{name}/logs?after={after}&limit={limit}"),
+        ))
+        .await
+    }
+
+    pub async fn has_blob(&self, digest: &str) -> Result<bool, ClientError> {
+        let resp = self
+            .send(self.api(reqwest::Method::HEAD, &format!("/blobs/{digest}")))
+            .await?;
+        match resp.status().as_u16() {
+            200 => Ok(true),
+            404 => Ok(false),
+            401 => Err(api_error(401, None, b"")),
+            status => Err(ClientError::Protocol {
+                status,
+                body: "HEAD of a blob".into(),
+            }),
+        }
+    }
+
+    /// Uploads an artifact; `progress` is called with the bytes sent so far.
+    pub async fn put_blob(
+        &self,
+        digest: &str,
+        data: bytes::Bytes,
+        progress: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<Value, ClientError> {
+        const CHUNK: usize = 256 * 1024;
+        let chunks: Vec<bytes::Bytes> = (0..data.len())
+            .step_by(CHUNK)
+            .map(|i| data.slice(i..(i + CHUNK).min(data.len())))
+            .collect();
+        let mut sent = 0u64;
+        let stream = futures::stream::iter(chunks.into_iter().map(move |c| {
+            sent += c.len() as u64;
+            progress(sent);
+            Ok::<_, std::io::Error>(c)
+        }));
+        let rb = self
+            .api(reqwest::Method::PUT, &format!("/blobs/{digest}"))
+            .header(reqwest::header::CONTENT_LENGTH, data.len())
+            .body(reqwest::Body::wrap_stream(stream));
+        self.json(rb).await
+    }
+
+    pub async fn deploy(
+        &self,
+        manifest: &str,
+        file: &str,
+        artifacts: &BTreeMap<String, String>,
+    ) -> Result<Value, ClientError> {
+        let body = DeployBody {
+            manifest,
+            file,
+            artifacts,
+        };
+        self.json(self.api(reqwest::Method::POST, "/deployments").json(&body))
+            .await
+    }
+
+    /// Invokes a function through `/fn/<name><path>`.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<Invocation, ClientError> {
+        let path = if path.starts_with('/') {
+            path.to_string()
+        } else {
+            format!("/{path}")
+        };
+        let rb = self
+            .http
+            .request(method, format!("{}/fn/{name}{path}", self.base))
+            .body(body);
+        let resp = self.send(rb).await?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: root_cause(&e),
+        })?;
+        Ok(Invocation {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+fn api_error(status: u16, value: Option<Value>, body: &[u8]) -> ClientError {
+    match value.as_ref().and_then(|v| v.get("error")) {
+        Some(e) => ClientError::Api {
+            status,
+            code: e["code"].as_str().unwrap_or("unknown").to_string(),
+            message: e["message"].as_str().unwrap_or("(no message)").to_string(),
+            hint: e["hint"].as_str().map(String::from),
+        },
+        None if status == 401 => ClientError::Api {
+            status,
+            code: "unauthorized".into(),
+            message: "the server refused the admin token".into(),
+            hint: Some("pass --token or NUBO_TOKEN".into()),
+        },
+        None => ClientError::Protocol {
+            status,
+            body: String::from_utf8_lossy(body).into_owned(),
+        },
+    }
+}
+
+/// The innermost cause, which is what a user can act on ("Connection refused").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

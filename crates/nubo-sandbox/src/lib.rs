@@ -1,0 +1,18 @@
+//! Sandboxes: one instance of a revision, started, fed requests, stopped.
+//!
+//! Today this is the `wasm` kind: `wasi:http` components on wasmtime with the component model,
+//! the pooling allocator, epoch-based timeouts and a per-instance memory limit. A guest failing
+//! is not an error of this crate: [`Outcome`] says how an invocation ended (ok, timeout, out of
+//! memory, trap) and the gateway maps it to a status.
+//!
+//! This crate knows nothing of routes, scaling, or the store: it is given bytes, a config and a
+//! request, and gives back a response and an outcome.
+
+mod logs;
+mod wasm;
+
+pub use logs::{LogFn, LogRecord, LogStream};
+pub use wasm::{
+    ComponentError, InstanceConfig, Outcome, ResponseBody, RuntimeOptions, Serving, WasmComponent,
+    WasmInstance, WasmRuntime,
+};

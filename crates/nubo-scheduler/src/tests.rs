@@ -1,0 +1,142 @@
+use super::*;
+
+fn limits(max: usize, queue: usize) -> PoolLimits {
+    PoolLimits {
+        max,
+        queue,
+        queue_wait: Duration::from_millis(200),
+        idle: Duration::from_secs(60),
+    }
+}
+
+fn v(idle: usize, busy: usize, waiting: usize) -> PoolView {
+    PoolView {
+        idle,
+        busy,
+        starting: 0,
+        waiting,
+    }
+}
+
+#[test]
+fn decide_prefers_idle_then_new_then_queue() {
+    let l = limits(2, 1);
+    assert_eq!(decide(v(1, 0, 0), &l), Decision::UseIdle);
+    assert_eq!(decide(v(1, 2, 0), &l), Decision::UseIdle);
+    assert_eq!(decide(v(0, 0, 0), &l), Decision::StartNew);
+    assert_eq!(decide(v(0, 1, 0), &l), Decision::StartNew);
+    assert_eq!(decide(v(0, 2, 0), &l), Decision::Wait);
+    assert_eq!(decide(v(0, 2, 1), &l), Decision::Reject);
+    assert_eq!(decide(v(0, 1, 0), &limits(1, 0)), Decision::Reject);
+}
+
+#[tokio::test]
+async fn warm_instances_are_reused_and_slots_are_bounded() {
+    let pool = Pool::<u32>::new(limits(1, 0));
+    let mut a = pool.acquire().await.unwrap();
+    assert_eq!(a.take_instance(), None, "first lease is a cold start");
+    assert_eq!(pool.view().starting, 1);
+    a.started();
+    assert_eq!(
+        pool.view(),
+        PoolView {
+            idle: 0,
+            busy: 1,
+            starting: 0,
+            waiting: 0
+        }
+    );
+    assert!(matches!(
+        pool.acquire().await,
+        Err(Rejected::QueueFull { .. })
+    ));
+    a.release(Some(7));
+    assert_eq!(
+        pool.view(),
+        PoolView {
+            idle: 1,
+            busy: 0,
+            starting: 0,
+            waiting: 0
+        }
+    );
+    let mut b = pool.acquire().await.unwrap();
+    assert_eq!(b.take_instance(), Some(7));
+    drop(b); // dropped without release: slot freed, instance gone
+    assert_eq!(pool.view(), PoolView::default());
+}
+
+#[tokio::test]
+async fn waiters_get_freed_slots_in_order_and_time_out() {
+    let pool = Pool::<u32>::new(limits(1, 2));
+    let mut a = pool.acquire().await.unwrap();
+    a.take_instance();
+    a.started();
+    let p1 = pool.clone();
+    let w1 = tokio::spawn(async move { p1.acquire().await.map(|mut l| (l.take_instance(), l)) });
+    while pool.view().waiting < 1 {
+        tokio::task::yield_now().await;
+    }
+    let p2 = pool.clone();
+    let w2 = tokio::spawn(async move { p2.acquire().await.map(|mut l| (l.take_instance(), l)) });
+    while pool.view().waiting < 2 {
+        tokio::task::yield_now().await;
+    }
+    assert!(matches!(
+        pool.acquire().await,
+        Err(Rejected::QueueFull { .. })
+    ));
+    a.release(Some(1));
+    let (inst, lease) = w1.await.unwrap().unwrap();
+    assert_eq!(inst, Some(1), "the oldest waiter gets the instance");
+    assert!(lease.waited() > Duration::ZERO);
+    // The second waiter times out while the first holds the slot.
+    assert!(matches!(w2.await.unwrap(), Err(Rejected::WaitTimeout(_))));
+    assert_eq!(pool.view().waiting, 0);
+    lease.release(None);
+    assert_eq!(pool.view(), PoolView::default());
+}
+
+#[tokio::test]
+async fn a_destroyed_instance_hands_a_cold_start_to_the_waiter() {
+    let pool = Pool::<u32>::new(limits(1, 1));
+    let mut a = pool.acquire().await.unwrap();
+    a.take_instance();
+    a.started();
+    let p = pool.clone();
+    let w = tokio::spawn(async move { p.acquire().await.map(|mut l| (l.take_instance(), l)) });
+    while pool.view().waiting < 1 {
+        tokio::task::yield_now().await;
+    }
+    a.release(None);
+    let (inst, mut lease) = w.await.unwrap().unwrap();
+    assert_eq!(inst, None);
+    assert_eq!(pool.view().starting, 1);
+    lease.started();
+    lease.release(Some(2));
+    assert_eq!(
+        pool.view(),
+        PoolView {
+            idle: 1,
+            busy: 0,
+            starting: 0,
+            waiting: 0
+        }
+    );
+}
+
+#[tokio::test]
+async fn idle_instances_are_reaped() {
+    let pool = Pool::<u32>::new(PoolLimits {
+        idle: Duration::from_millis(10),
+        ..limits(2, 0)
+    });
+    let a = pool.acquire().await.unwrap();
+    a.release(Some(1));
+    assert!(pool.reap(Instant::now()).is_empty());
+    assert_eq!(
+        pool.reap(Instant::now() + Duration::from_millis(20)),
+        vec![1]
+    );
+    assert_eq!(pool.view(), PoolView::default());
+}

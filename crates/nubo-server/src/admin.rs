@@ -1,0 +1,317 @@
+//! The admin API (`/_nubo/api/v1`, bearer token), health and metrics.
+
+use crate::AppState;
+use crate::api_error::ApiError;
+use crate::deploy::{self, DeployRequest};
+use crate::metrics::StateLabels;
+use crate::token::token_matches;
+use axum::Json;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, head};
+use futures::StreamExt;
+use nubo_store::{CommitError, Digest, FunctionRecord};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+type S = Arc<AppState>;
+
+/// Largest artifact accepted by `PUT /blobs/<sha256>`.
+const MAX_BLOB: u64 = 1 << 30;
+
+pub fn router(state: S) -> Router<S> {
+    let api = Router::new()
+        .route("/functions", get(list_functions))
+        .route("/functions/{name}", get(get_function).delete(delete_function))
+        .route("/functions/{name}/revisions", get(revisions))
+        .route("/functions/{name}/instances", get(instances))
+        .route("/functions/{name}/logs", get(logs))
+        .route("/blobs/{digest}", head(has_blob).put(put_blob))
+        .route("/deployments", axum::routing::post(post_deployment))
+        .fallback(|| async {
+            ApiError::not_found("not_found", "no such admin API resource")
+                .hint("resources: functions, functions/<f>/revisions, functions/<f>/instances, functions/<f>/logs, blobs/<sha256>, deployments")
+        })
+        .layer(middleware::from_fn_with_state(state, require_token));
+    Router::new()
+        .route(
+            "/_nubo/health",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/_nubo/metrics", get(metrics))
+        .nest("/_nubo/api/v1", api)
+}
+
+async fn require_token(State(state): State<S>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(t) if token_matches(&state.token, t.trim()) => next.run(req).await,
+        _ => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the admin API needs the admin token")
+            .hint("send `Authorization: Bearer <token>`; the token is in <data-dir>/admin-token, and the nubo CLI finds it by itself")
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<S>) -> Response {
+    let table = state.table();
+    for f in table.functions() {
+        let v = f.pool.view();
+        for (st, n) in [
+            ("idle", v.idle),
+            ("busy", v.busy - v.starting),
+            ("starting", v.starting),
+        ] {
+            state
+                .metrics
+                .instances
+                .get_or_create(&StateLabels {
+                    function: f.name.clone(),
+                    state: st.into(),
+                })
+                .set(n as i64);
+        }
+        state
+            .metrics
+            .queue_depth
+            .get_or_create(&f.label)
+            .set(v.waiting as i64);
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+fn function_json(state: &AppState, r: &FunctionRecord) -> Value {
+    let table = state.table();
+    let view = table
+        .function(&r.name)
+        .map(|f| f.pool.view())
+        .unwrap_or_default();
+    json!({
+        "name": r.name,
+        "project": r.project,
+        "kind": r.revision.spec.kind,
+        "revision": r.revision.number,
+        "digest": r.revision.digest,
+        "url": format!("{}/fn/{}/", state.base_url, r.name),
+        "routes": r.revision.spec.routes,
+        "instances": { "idle": view.idle, "busy": view.busy, "starting": view.starting, "waiting": view.waiting },
+        "created_at": r.created_at,
+        "updated_at": r.updated_at,
+    })
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, nubo_store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(what, e))?
+        .map_err(|e| ApiError::internal(what, e))
+}
+
+fn no_function(name: &str) -> ApiError {
+    ApiError::not_found(
+        "function_not_found",
+        format!("no function named {name:?} is deployed"),
+    )
+    .hint("list deployed functions with `nubo ls`")
+}
+
+async fn list_functions(State(state): State<S>) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let records = blocking("listing functions", move || store.functions()).await?;
+    let list: Vec<Value> = records.iter().map(|r| function_json(&state, r)).collect();
+    Ok(Json(json!({ "functions": list })))
+}
+
+async fn get_function(
+    State(state): State<S>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let n = name.clone();
+    let (record, revisions) = blocking("reading the function", move || {
+        Ok((store.function(&n)?, store.revisions(&n)?))
+    })
+    .await?;
+    let record = record.ok_or_else(|| no_function(&name))?;
+    let mut v = function_json(&state, &record);
+    v["spec"] = json!(record.revision.spec);
+    v["revisions"] =
+        json!(revisions
+        .iter()
+        .map(|r| json!({ "number": r.number, "digest": r.digest, "created_at": r.created_at }))
+        .collect::<Vec<_>>());
+    Ok(Json(v))
+}
+
+async fn delete_function(
+    State(state): State<S>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if deploy::remove(&state, &name).await? {
+        Ok(Json(json!({ "removed": name })))
+    } else {
+        Err(no_function(&name))
+    }
+}
+
+async fn revisions(
+    State(state): State<S>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let n = name.clone();
+    let revs = blocking("reading revisions", move || store.revisions(&n)).await?;
+    if revs.is_empty() {
+        return Err(no_function(&name));
+    }
+    Ok(Json(json!({ "revisions": revs })))
+}
+
+async fn instances(
+    State(state): State<S>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let table = state.table();
+    let f = table.function(&name).ok_or_else(|| no_function(&name))?;
+    let v = f.pool.view();
+    Ok(Json(json!({
+        "function": f.name,
+        "revision": f.revision,
+        "kind": "wasm",
+        "reuse": f.spec.reuse,
+        "max": f.spec.scale.max,
+        "counts": { "idle": v.idle, "busy": v.busy - v.starting, "starting": v.starting, "waiting": v.waiting },
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    /// Only lines with a larger id (for following).
+    #[serde(default)]
+    after: i64,
+    /// At most this many lines (the newest, unless `after` is given).
+    #[serde(default = "default_log_limit")]
+    limit: i64,
+}
+
+fn default_log_limit() -> i64 {
+    200
+}
+
+async fn logs(
+    State(state): State<S>,
+    Path(name): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let n = name.clone();
+    let limit = q.limit.clamp(1, 10_000);
+    let tail = q.after == 0;
+    let (exists, lines) = blocking("reading logs", move || {
+        Ok((
+            store.function(&n)?.is_some(),
+            store.logs(&n, q.after, limit, tail)?,
+        ))
+    })
+    .await?;
+    if !exists {
+        return Err(no_function(&name));
+    }
+    Ok(Json(json!({ "lines": lines })))
+}
+
+fn parse_digest(text: &str) -> Result<Digest, ApiError> {
+    Digest::parse(text).map_err(|e| ApiError::bad_request("invalid_digest", e))
+}
+
+async fn has_blob(
+    State(state): State<S>,
+    Path(digest): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let d = parse_digest(&digest)?;
+    Ok(if state.store.blobs.contains(&d) {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    })
+}
+
+async fn put_blob(
+    State(state): State<S>,
+    Path(digest): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let d = parse_digest(&digest)?;
+    if state.store.blobs.contains(&d) {
+        return Ok((
+            StatusCode::OK,
+            Json(json!({ "digest": d.to_string(), "existed": true })),
+        )
+            .into_response());
+    }
+    let mut writer = state
+        .store
+        .blobs
+        .writer(d.clone())
+        .map_err(|e| ApiError::internal("storing the upload", e))?;
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| {
+            ApiError::bad_request("upload_failed", format!("the upload broke off: {e}"))
+        })?;
+        if writer.len() + chunk.len() as u64 > MAX_BLOB {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "artifact_too_large",
+                "artifacts are limited to 1 GiB",
+            ));
+        }
+        writer
+            .write(&chunk)
+            .map_err(|e| ApiError::internal("storing the upload", e))?;
+    }
+    let size = writer.len();
+    tokio::task::spawn_blocking(move || writer.commit())
+        .await
+        .map_err(|e| ApiError::internal("storing the upload", e))?
+        .map_err(|e| match e {
+            CommitError::Mismatch { .. } => ApiError::bad_request("digest_mismatch", e.to_string()),
+            CommitError::Io(e) => ApiError::internal("storing the upload", e),
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "digest": d.to_string(), "size": size, "existed": false })),
+    )
+        .into_response())
+}
+
+async fn post_deployment(
+    State(state): State<S>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let req: DeployRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("the deployment request is not valid JSON of the expected shape: {e}"))
+            .hint("send {\"manifest\": \"<nubo.yaml text>\", \"artifacts\": {\"<component path>\": \"<sha256>\"}}")
+    })?;
+    let out = deploy::deploy(&state, req).await?;
+    Ok((StatusCode::CREATED, Json(out)).into_response())
+}

@@ -1,0 +1,376 @@
+//! The invocation path: route -> body -> pool -> instance -> response with Nubo headers.
+//!
+//! Everything here reads in-memory state only; the one lock taken is the pool's, briefly.
+
+use crate::AppState;
+use crate::api_error::ApiError;
+use crate::live::LiveFunction;
+use crate::metrics::StatusLabels;
+use crate::routes::Lookup;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use nubo_sandbox::Outcome;
+use nubo_scheduler::Rejected;
+use prometheus_client::metrics::gauge::Gauge;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let path = req.uri().path();
+    let table = state.table();
+    let (function, guest_path) = if let Some(rest) = path.strip_prefix("/fn/") {
+        let (name, tail) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        match table.function(name) {
+            Some(f) => (f.clone(), tail.to_string()),
+            None => {
+                return ApiError::not_found(
+                    "function_not_found",
+                    format!("no function named {name:?} is deployed"),
+                )
+                .hint("list deployed functions with `nubo ls`")
+                .into_response();
+            }
+        }
+    } else if path == "/_nubo" || path.starts_with("/_nubo/") {
+        return ApiError::not_found("not_found", format!("{path} is not a platform route"))
+            .hint("platform routes: /_nubo/health, /_nubo/metrics, /_nubo/api/v1/…")
+            .into_response();
+    } else {
+        match table.lookup(req.method().as_str(), path) {
+            Lookup::Found(f) => (f, path.to_string()),
+            Lookup::MethodNotAllowed(allowed) => {
+                return ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!("{} is not routed for {}", path, req.method()),
+                )
+                .hint(format!("allowed: {}", allowed.join(", ")))
+                .into_response();
+            }
+            Lookup::NotFound => {
+                return ApiError::not_found(
+                    "route_not_found",
+                    format!("no function is routed at {path}"),
+                )
+                .hint("every function is at /fn/<name>/; manifest `routes` add more paths")
+                .into_response();
+            }
+        }
+    };
+    drop(table);
+    let guest_uri = match req.uri().query() {
+        Some(q) => format!("{guest_path}?{q}"),
+        None => guest_path,
+    };
+    invoke(&state, function, req, guest_uri).await
+}
+
+/// Ids unique across restarts: a random prefix per process and a counter.
+fn invocation_id() -> String {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        u32::from_le_bytes(b)
+    });
+    format!("{prefix:08x}{:012x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+struct Inflight(Gauge);
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn invoke(
+    state: &Arc<AppState>,
+    f: Arc<LiveFunction>,
+    req: Request,
+    guest_uri: String,
+) -> Response {
+    let received = Instant::now();
+    let id = invocation_id();
+    let (mut parts, body) = req.into_parts();
+
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the request body is larger than {} bytes", state.body_limit),
+        )
+        .hint("send a smaller body, or pass large data by reference (a URL)")
+    };
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.body_limit as u64) {
+        return finish(state, &f, &id, too_large().into_response(), received);
+    }
+    let body: Bytes = match Limited::new(body, state.body_limit).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return finish(state, &f, &id, too_large().into_response(), received);
+        }
+        Err(e) => {
+            let err = ApiError::bad_request(
+                "bad_request",
+                format!("reading the request body failed: {e}"),
+            );
+            return finish(state, &f, &id, err.into_response(), received);
+        }
+    };
+    parts.uri = match guest_uri.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            let err = ApiError::bad_request("bad_request", format!("invalid request path: {e}"));
+            return finish(state, &f, &id, err.into_response(), received);
+        }
+    };
+    if !parts.headers.contains_key(header::HOST) {
+        parts
+            .headers
+            .insert(header::HOST, HeaderValue::from_static("localhost"));
+    }
+
+    f.inflight.inc();
+    let inflight = Inflight(f.inflight.clone());
+    let mut lease = match f.pool.acquire().await {
+        Ok(l) => l,
+        Err(rejected) => {
+            return finish(
+                state,
+                &f,
+                &id,
+                rejection(&f, rejected).into_response(),
+                received,
+            );
+        }
+    };
+    let queued = lease.waited();
+    let (instance, cold) = match lease.take_instance() {
+        Some(i) => (i, None),
+        None => {
+            let started = Instant::now();
+            let instance_id = f.next_instance_id();
+            let result = f.component.instantiate(&instance_id, &f.config).await;
+            lease.started();
+            match result {
+                Ok(i) => {
+                    let took = started.elapsed();
+                    f.cold_new.inc();
+                    f.cold_new_duration.observe(took.as_secs_f64());
+                    (i, Some(took))
+                }
+                Err(outcome) => {
+                    drop(lease);
+                    log_failure(state, &f, &id, &instance_id, &outcome);
+                    return finish(
+                        state,
+                        &f,
+                        &id,
+                        outcome_error(&f, &outcome).into_response(),
+                        received,
+                    );
+                }
+            }
+        }
+    };
+    let instance_id = instance.id().to_string();
+
+    let exec_started = Instant::now();
+    let on_done = {
+        let (state, f, id, instance_id) =
+            (state.clone(), f.clone(), id.clone(), instance_id.clone());
+        move |outcome: &Outcome, instance| {
+            lease.release(instance);
+            drop(inflight);
+            let secs = exec_started.elapsed().as_secs_f64();
+            state
+                .metrics
+                .gb_seconds
+                .get_or_create(&f.label)
+                .inc_by(f.gb * secs);
+            if *outcome != Outcome::Ok {
+                log_failure(&state, &f, &id, &instance_id, outcome);
+            }
+        }
+    };
+    let timeout = f.spec.timeout.to_std();
+    let serving = instance.serve(
+        hyper::Request::from_parts(parts, Full::new(body)),
+        &id,
+        timeout,
+        on_done,
+    );
+    let mut resp = match serving.response.await {
+        Ok(Ok(resp)) => resp.map(Body::new),
+        Ok(Err(code)) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "function_error",
+            format!(
+                "function {} answered with an error instead of a response: {code:?}",
+                f.name
+            ),
+        )
+        .into_response(),
+        Err(_) => {
+            // The guest ended without a response: find out how.
+            let outcome = serving
+                .done
+                .await
+                .unwrap_or_else(|e| Outcome::Trap(format!("the invocation task failed: {e}")));
+            outcome_error(&f, &outcome).into_response()
+        }
+    };
+    let exec = exec_started.elapsed();
+    let h = resp.headers_mut();
+    h.insert("nubo-instance", header_value(&instance_id));
+    let (cold_ms, mode) = match cold {
+        Some(d) => (ms(d), "new"),
+        None => (0.0, "warm"),
+    };
+    let timing = format!(
+        "cold;dur={cold_ms:.3};desc=\"{mode}\", queue;dur={:.3}, exec;dur={:.3}",
+        ms(queued),
+        ms(exec)
+    );
+    h.insert("server-timing", header_value(&timing));
+    finish(state, &f, &id, resp, received)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// Adds the invocation id and records the invocation's metrics.
+fn finish(
+    state: &AppState,
+    f: &LiveFunction,
+    id: &str,
+    mut resp: Response,
+    received: Instant,
+) -> Response {
+    resp.headers_mut()
+        .insert("nubo-invocation-id", header_value(id));
+    let status = resp.status().as_u16();
+    state
+        .metrics
+        .invocations
+        .get_or_create(&StatusLabels {
+            function: f.name.clone(),
+            status: status.to_string(),
+        })
+        .inc();
+    f.duration.observe(received.elapsed().as_secs_f64());
+    resp
+}
+
+fn rejection(f: &LiveFunction, rejected: Rejected) -> ApiError {
+    match rejected {
+        Rejected::QueueFull { max, queue } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "concurrency_limit",
+            format!(
+                "function {} is at its limit: {max} instances busy and {queue} requests waiting",
+                f.name
+            ),
+        )
+        .hint("retry later, or raise scale.max / scale.queue in nubo.yaml")
+        .retry_after(1),
+        Rejected::WaitTimeout(wait) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            format!(
+                "no instance of function {} became free within {wait:?}",
+                f.name
+            ),
+        )
+        .hint("retry later, or raise scale.max / scale.queue_wait in nubo.yaml")
+        .retry_after(1),
+    }
+}
+
+fn outcome_error(f: &LiveFunction, outcome: &Outcome) -> ApiError {
+    let logs = format!("see `nubo logs {}`", f.name);
+    match outcome {
+        Outcome::Timeout => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            format!(
+                "function {} did not finish within its timeout of {}",
+                f.name, f.spec.timeout
+            ),
+        )
+        .hint("raise `timeout` in nubo.yaml, or make the function faster"),
+        Outcome::MemoryLimit => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "memory_limit_exceeded",
+            format!(
+                "function {} needed more than its memory limit of {}",
+                f.name, f.spec.memory
+            ),
+        )
+        .hint("raise `memory` in nubo.yaml, or use less"),
+        Outcome::Trap(_) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "function_error",
+            format!("function {} failed while handling the request", f.name),
+        )
+        .hint(logs),
+        Outcome::NoResponse => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "function_error",
+            format!("function {} returned without setting a response", f.name),
+        )
+        .hint(logs),
+        Outcome::BadRequest(e) => ApiError::bad_request(
+            "bad_request",
+            format!("the request cannot be passed to the function: {e}"),
+        ),
+        Outcome::Ok => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "function_error",
+            format!("function {} finished without a response", f.name),
+        ),
+    }
+}
+
+/// Writes why an invocation failed into the function's log.
+fn log_failure(state: &AppState, f: &LiveFunction, id: &str, instance: &str, outcome: &Outcome) {
+    let text = match outcome {
+        Outcome::Ok => return,
+        Outcome::Timeout => format!(
+            "invocation timed out after {}; the instance was stopped",
+            f.spec.timeout
+        ),
+        Outcome::MemoryLimit => format!(
+            "invocation exceeded the memory limit of {}; the instance was stopped",
+            f.spec.memory
+        ),
+        Outcome::Trap(reason) => format!("invocation failed: {reason}"),
+        Outcome::NoResponse => "invocation returned without setting a response".to_string(),
+        Outcome::BadRequest(e) => format!("request could not be passed to the function: {e}"),
+    };
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        state
+            .logs
+            .line(&f.name, "nubo", Some(instance), Some(id), line.to_string());
+    }
+}

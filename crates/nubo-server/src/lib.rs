@@ -1,0 +1,151 @@
+//! The server behind `nubo up`: the gateway, the admin API, metrics and logs, on one address.
+//!
+//! It wires the other crates together: [`nubo_manifest`] validates what users send,
+//! [`nubo_store`] keeps it, [`nubo_sandbox`] runs it, and [`nubo_scheduler`] decides which
+//! instance serves what. The request path reads only in-memory state (the route table and
+//! pools); SQL and compilation happen on the admin path, off the async threads.
+
+mod admin;
+mod api_error;
+mod deploy;
+mod gateway;
+mod live;
+mod logs;
+mod metrics;
+mod routes;
+mod token;
+
+pub use anyhow::Context as _;
+use routes::RouteTable;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+pub use token::{ADMIN_TOKEN_FILE, read_or_create_token};
+pub use tokio_util::sync::CancellationToken;
+
+/// Settings of `nubo up`.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Largest request body a function accepts (413 beyond).
+    pub body_limit: usize,
+    /// How long in-flight requests may take to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// wasm instances that may exist at once on this node.
+    pub max_wasm_instances: u32,
+}
+
+impl ServerOptions {
+    pub fn new(listen: SocketAddr, data_dir: PathBuf) -> Self {
+        ServerOptions {
+            listen,
+            data_dir,
+            body_limit: 6 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+            max_wasm_instances: 1000,
+        }
+    }
+}
+
+/// What every handler shares.
+pub(crate) struct AppState {
+    pub store: Arc<nubo_store::Store>,
+    pub runtime: Arc<nubo_sandbox::WasmRuntime>,
+    /// The route table: swapped whole on every deploy, read (cloned) by every request.
+    pub table: RwLock<Arc<RouteTable>>,
+    /// Deploys and removals run one at a time, so table rebuilds never interleave.
+    pub deploy_lock: tokio::sync::Mutex<()>,
+    pub metrics: metrics::Metrics,
+    pub logs: logs::LogWriter,
+    pub token: String,
+    pub base_url: String,
+    pub body_limit: usize,
+}
+
+impl AppState {
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn set_table(&self, table: RouteTable) {
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+    }
+}
+
+/// Runs the server until SIGINT or SIGTERM (or `shutdown` is cancelled). `on_listening` is
+/// called with the bound address once requests can be served.
+pub async fn run(
+    opts: ServerOptions,
+    shutdown: CancellationToken,
+    on_listening: impl FnOnce(SocketAddr, &str),
+) -> anyhow::Result<()> {
+    let data_dir = opts.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || nubo_store::Store::open(&data_dir))
+        .await?
+        .with_context(|| format!("opening the store in {}", opts.data_dir.display()))?;
+    let store = Arc::new(store);
+    let token = read_or_create_token(&opts.data_dir)?;
+    let runtime = Arc::new(nubo_sandbox::WasmRuntime::new(
+        nubo_sandbox::RuntimeOptions {
+            cache_dir: opts.data_dir.join("compiled"),
+            max_instances: opts.max_wasm_instances,
+            max_memory: 4 << 30,
+        },
+    )?);
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("listening on {}", opts.listen))?;
+    let addr = listener.local_addr()?;
+    let metrics = metrics::Metrics::new();
+    let state = Arc::new(AppState {
+        logs: logs::LogWriter::start(store.clone()),
+        store,
+        runtime,
+        table: RwLock::new(Arc::new(RouteTable::default())),
+        deploy_lock: tokio::sync::Mutex::new(()),
+        metrics,
+        token,
+        base_url: format!("http://{addr}"),
+        body_limit: opts.body_limit,
+    });
+    deploy::load_deployed(&state).await?;
+    let reaper = tokio::spawn(live::reap_idle_instances(state.clone()));
+
+    let app = admin::router(state.clone())
+        .fallback(gateway::handle)
+        .with_state(state.clone());
+    on_listening(addr, &state.token);
+
+    let signal = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        signal.cancel();
+    });
+    let serve =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let grace = opts.shutdown_grace;
+    tokio::select! {
+        r = serve => r?,
+        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
+        }
+    }
+    reaper.abort();
+    state.logs.flush().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

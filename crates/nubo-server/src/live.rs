@@ -1,0 +1,118 @@
+//! A deployed function as the request path sees it: its current revision, compiled and
+//! pre-linked, with the pool of its instances.
+
+use crate::AppState;
+use crate::metrics::{FunctionLabel, ModeLabels, function_label};
+use nubo_manifest::FunctionSpec;
+use nubo_sandbox::{InstanceConfig, LogRecord, WasmComponent, WasmInstance};
+use nubo_scheduler::{Pool, PoolLimits};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct LiveFunction {
+    pub name: String,
+    pub project: String,
+    pub revision: i64,
+    pub spec: FunctionSpec,
+    pub component: WasmComponent,
+    pub pool: Arc<Pool<WasmInstance>>,
+    pub config: InstanceConfig,
+    /// Memory limit in GB, for usage.
+    pub gb: f64,
+    next_instance: AtomicU64,
+    pub label: FunctionLabel,
+    pub duration: Histogram,
+    pub inflight: Gauge,
+    pub cold_new: Counter,
+    pub cold_new_duration: Histogram,
+}
+
+impl LiveFunction {
+    pub fn new(
+        state: &AppState,
+        name: &str,
+        project: &str,
+        revision: i64,
+        spec: FunctionSpec,
+        component: WasmComponent,
+    ) -> Arc<LiveFunction> {
+        let logs = state.logs.clone();
+        let fname = name.to_string();
+        let log = Arc::new(move |r: LogRecord| {
+            logs.line(
+                &fname,
+                r.stream,
+                Some(&r.instance),
+                r.invocation.as_deref(),
+                r.line,
+            )
+        });
+        let pool = Pool::new(PoolLimits {
+            max: spec.scale.max as usize,
+            queue: spec.scale.queue as usize,
+            queue_wait: spec.scale.queue_wait.to_std(),
+            idle: spec.scale.idle.to_std(),
+        });
+        let config = InstanceConfig {
+            env: spec
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<Vec<_>>()
+                .into_iter()
+                .chain([
+                    ("NUBO_FUNCTION".to_string(), name.to_string()),
+                    ("NUBO_REVISION".to_string(), revision.to_string()),
+                ])
+                .collect(),
+            memory: spec.memory.bytes(),
+            reuse: spec.reuse,
+            log,
+        };
+        let label = function_label(name);
+        let mode = ModeLabels {
+            function: name.to_string(),
+            mode: "new".into(),
+        };
+        let m = &state.metrics;
+        Arc::new(LiveFunction {
+            name: name.to_string(),
+            project: project.to_string(),
+            revision,
+            gb: spec.memory.bytes() as f64 / (1u64 << 30) as f64,
+            spec,
+            component,
+            pool,
+            config,
+            next_instance: AtomicU64::new(1),
+            duration: m.duration.get_or_create(&label).clone(),
+            inflight: m.inflight.get_or_create(&label).clone(),
+            cold_new: m.cold_starts.get_or_create(&mode).clone(),
+            cold_new_duration: m.cold_start_duration.get_or_create(&mode).clone(),
+            label,
+        })
+    }
+
+    pub fn next_instance_id(&self) -> String {
+        let n = self.next_instance.fetch_add(1, Ordering::Relaxed);
+        format!("{}-r{}-{n:x}", self.name, self.revision)
+    }
+}
+
+/// Reclaims instances idle longer than their function's `scale.idle`, and refreshes the
+/// instance gauges.
+pub async fn reap_idle_instances(state: Arc<AppState>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let table = state.table();
+        let now = Instant::now();
+        for f in table.functions() {
+            drop(f.pool.reap(now));
+        }
+    }
+}

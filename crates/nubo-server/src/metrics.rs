@@ -1,0 +1,127 @@
+//! Prometheus metrics (interface.md §5), encoded at `/_nubo/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabel {
+    pub function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub function: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModeLabels {
+    pub function: String,
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub function: String,
+    pub state: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~100 s.
+    Histogram::new(exponential_buckets(0.00005, 2.5, 17))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub invocations: Family<StatusLabels, Counter>,
+    pub duration: Family<FunctionLabel, Histogram, fn() -> Histogram>,
+    pub cold_starts: Family<ModeLabels, Counter>,
+    pub cold_start_duration: Family<ModeLabels, Histogram, fn() -> Histogram>,
+    pub inflight: Family<FunctionLabel, Gauge>,
+    pub instances: Family<StateLabels, Gauge>,
+    pub queue_depth: Family<FunctionLabel, Gauge>,
+    pub memory: Family<FunctionLabel, Gauge>,
+    pub gb_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("nubo");
+        let m = Metrics {
+            invocations: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            cold_starts: Family::default(),
+            cold_start_duration: Family::new_with_constructor(latency_histogram),
+            inflight: Family::default(),
+            instances: Family::default(),
+            queue_depth: Family::default(),
+            memory: Family::default(),
+            gb_seconds: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "invocations",
+            "Invocations by function and HTTP status",
+            m.invocations.clone(),
+        );
+        registry.register(
+            "invocation_duration_seconds",
+            "Time from request to response headers, per function",
+            m.duration.clone(),
+        );
+        registry.register(
+            "cold_starts",
+            "Instances started for a waiting request, by start mode",
+            m.cold_starts.clone(),
+        );
+        registry.register(
+            "cold_start_duration_seconds",
+            "Time a request waited for its instance to start, by start mode",
+            m.cold_start_duration.clone(),
+        );
+        registry.register(
+            "inflight_requests",
+            "Requests being served now, per function",
+            m.inflight.clone(),
+        );
+        registry.register(
+            "instances",
+            "Instances by function and state (idle, busy, starting)",
+            m.instances.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Requests waiting for an instance, per function",
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "function_memory_bytes",
+            "Linear memory held by idle wasm instances of the function",
+            m.memory.clone(),
+        );
+        registry.register(
+            "usage_gb_seconds",
+            "Memory limit in GB times invocation duration in seconds",
+            m.gb_seconds.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}
+
+pub fn function_label(name: &str) -> FunctionLabel {
+    FunctionLabel {
+        function: name.to_string(),
+    }
+}

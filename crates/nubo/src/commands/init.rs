@@ -1,0 +1,84 @@
+//! `nubo init TEMPLATE DIR`: starter projects that deploy as they are.
+
+use anyhow::{Context as _, bail};
+use std::path::Path;
+
+const RUST_WASM_LIB: &str = r#"//! A wasi:http function: Nubo calls `handle` for every request.
+
+use wasip2::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
+
+struct Function;
+
+wasip2::http::proxy::export!(Function);
+
+impl wasip2::exports::http::incoming_handler::Guest for Function {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        let greeting = std::env::var("GREETING").unwrap_or_else(|_| "Hello".into());
+        let headers = Fields::from_list(&[("content-type".into(), b"text/plain".to_vec())]).unwrap();
+        let response = OutgoingResponse::new(headers);
+        let body = response.body().unwrap();
+        ResponseOutparam::set(out, Ok(response));
+        let stream = body.write().unwrap();
+        stream
+            .blocking_write_and_flush(format!("{greeting} from Nubo! You asked for {path}\n").as_bytes())
+            .unwrap();
+        drop(stream);
+        OutgoingBody::finish(body, None).unwrap();
+    }
+}
+"#;
+
+pub fn run(template: &str, dir: &Path) -> anyhow::Result<()> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.to_ascii_lowercase().replace(['_', ' ', '.'], "-"))
+        .filter(|n| nubo_manifest::validate_function_name(n).is_ok())
+        .unwrap_or_else(|| "hello".to_string());
+    if dir.exists()
+        && dir
+            .read_dir()
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists and is not empty: choose a new directory",
+            dir.display()
+        );
+    }
+    let files: Vec<(&str, String)> = match template {
+        "rust-wasm" => {
+            let crate_name = name.replace('-', "_");
+            vec![
+                (
+                    "Cargo.toml",
+                    format!(
+                        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\n\n[lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nwasip2 = \"1\"\n\n[profile.release]\nopt-level = \"s\"\nlto = true\nstrip = true\n"
+                    ),
+                ),
+                ("src/lib.rs", RUST_WASM_LIB.to_string()),
+                (
+                    "nubo.yaml",
+                    format!(
+                        "project: {name}\nfunctions:\n  {name}:\n    kind: wasm\n    build: cargo build --release --target wasm32-wasip2\n    component: target/wasm32-wasip2/release/{crate_name}.wasm\n    env: {{ GREETING: Hello }}\n    memory: 64Mi\n    timeout: 10s\n    routes:\n      - path: /{name}\n        methods: [GET, POST]\n"
+                    ),
+                ),
+                (".gitignore", "/target\n".to_string()),
+            ]
+        }
+        other => bail!("unknown template {other:?}: available templates: rust-wasm"),
+    };
+    for (path, text) in files {
+        let p = dir.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+    }
+    println!("created {} ({template}). Next:", dir.display());
+    println!("  rustup target add wasm32-wasip2   # once");
+    println!("  cd {} && nubo deploy", dir.display());
+    Ok(())
+}

@@ -1,0 +1,147 @@
+//! `nubo`: the server, the CLI and (later) the dashboard in one binary.
+//!
+//! This crate is glue: argument parsing, output and exit codes. Each subcommand lives in its
+//! own module under `commands/`; the work is done by `nubo-server` and `nubo-client`.
+
+mod commands;
+mod connect;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "nubo",
+    version,
+    about = "Run code on demand on your own machines"
+)]
+struct Cli {
+    /// Server URL [default: $NUBO_SERVER or http://127.0.0.1:8080]
+    #[arg(long, global = true, env = "NUBO_SERVER")]
+    server: Option<String>,
+    /// Admin token [default: $NUBO_TOKEN, else found from a server started on this machine]
+    #[arg(long, global = true, env = "NUBO_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Output format of listing commands
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (gateway, admin API, scheduler) in the foreground
+    Up {
+        /// Address to listen on; port 0 picks a free one
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Where the store, artifacts and admin token live [default: $NUBO_DATA_DIR or ~/.nubo/data]
+        #[arg(long, env = "NUBO_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM
+        #[arg(long, default_value_t = 10)]
+        shutdown_grace: u64,
+    },
+    /// Build, upload and deploy the project of a manifest
+    Deploy {
+        /// The manifest
+        #[arg(short = 'f', long = "file", default_value = "nubo.yaml")]
+        file: PathBuf,
+    },
+    /// Invoke a function once and print its response body
+    Invoke {
+        function: String,
+        /// Request body: a string, or @FILE to read a file
+        #[arg(long)]
+        data: Option<String>,
+        /// Path under the function (it sees this path)
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// HTTP method [default: POST with --data, else GET]
+        #[arg(short = 'X', long)]
+        method: Option<String>,
+        /// Also print the status and headers (to stderr)
+        #[arg(short = 'i', long)]
+        include: bool,
+    },
+    /// List deployed functions
+    Ls,
+    /// Show a function: revisions, instances, URL
+    Get { function: String },
+    /// Remove a function
+    Rm { function: String },
+    /// Show a function's log lines, newest last
+    Logs {
+        function: String,
+        /// Keep printing new lines as they arrive
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// How many recent lines to show
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: i64,
+    },
+    /// Create a starter project in DIR
+    Init {
+        /// rust-wasm
+        template: String,
+        dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    use commands::*;
+    let target = connect::Target::new(cli.server, cli.token);
+    match cli.command {
+        Command::Up {
+            listen,
+            data_dir,
+            shutdown_grace,
+        } => up::run(listen, data_dir, shutdown_grace).await,
+        Command::Deploy { file } => deploy::run(&target.client()?, &file).await,
+        Command::Invoke {
+            function,
+            data,
+            path,
+            method,
+            include,
+        } => invoke::run(&target, &function, data, &path, method, include).await,
+        Command::Ls => inspect::ls(&target.client()?, cli.output).await,
+        Command::Get { function } => inspect::get(&target.client()?, &function, cli.output).await,
+        Command::Rm { function } => inspect::rm(&target.client()?, &function).await,
+        Command::Logs {
+            function,
+            follow,
+            lines,
+        } => inspect::logs(&target.client()?, &function, follow, lines, cli.output).await,
+        Command::Init { template, dir } => init::run(&template, &dir),
+    }
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: the real `nubo` binary on 127.0.0.1:0 with a temp data dir, driven over
+//! HTTP and through the real CLI, running real components built from `guests/`.
+
+mod admin;
+mod deploys;
+mod harness;
+mod wasm_functions;
