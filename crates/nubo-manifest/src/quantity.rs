@@ -47,7 +47,7 @@ impl Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (suffix, factor) in SIZE_UNITS {
-            if self.0 >= factor && self.0 % factor == 0 {
+            if self.0 >= factor && self.0.is_multiple_of(factor) {
                 return write!(f, "{}{suffix}", self.0 / factor);
             }
         }
@@ -95,7 +95,7 @@ impl Duration {
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (suffix, factor) in DURATION_UNITS.iter().rev() {
-            if self.0 >= *factor && self.0 % factor == 0 {
+            if self.0 >= *factor && self.0.is_multiple_of(*factor) {
                 return write!(f, "{}{suffix}", self.0 / factor);
             }
         }

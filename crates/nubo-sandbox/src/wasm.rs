@@ -509,7 +509,7 @@ impl WasmInstance {
             let outcome = match tokio::time::timeout(timeout, call).await {
                 Err(_) => Outcome::Timeout,
                 Ok(Err(_)) if self.store.data().limiter.hit => Outcome::MemoryLimit,
-                Ok(Err(e)) => Outcome::Trap(format!("{e:?}")),
+                Ok(Err(e)) => Outcome::Trap(format!("{e:#}")),
                 Ok(Ok(())) if !responded.load(Ordering::Acquire) => Outcome::NoResponse,
                 Ok(Ok(())) => Outcome::Ok,
             };

@@ -12,7 +12,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use nubo_sandbox::Outcome;
 use nubo_scheduler::Rejected;
 use prometheus_client::metrics::gauge::Gauge;
@@ -117,13 +117,28 @@ async fn invoke(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.body_limit as u64) {
+        drain(body).await;
         return finish(state, &f, &id, too_large().into_response(), received);
     }
-    let body: Bytes = match Limited::new(body, state.body_limit).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            return finish(state, &f, &id, too_large().into_response(), received);
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let collected = loop {
+        match body.frame().await {
+            None => break Ok(buf.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    buf.extend_from_slice(&data);
+                }
+                if buf.len() > state.body_limit {
+                    drain(body).await;
+                    return finish(state, &f, &id, too_large().into_response(), received);
+                }
+            }
+            Some(Err(e)) => break Err(e),
         }
+    };
+    let body: Bytes = match collected {
+        Ok(b) => b,
         Err(e) => {
             let err = ApiError::bad_request(
                 "bad_request",
@@ -251,6 +266,19 @@ async fn invoke(
     finish(state, &f, &id, resp, received)
 }
 
+/// Reads and discards what is left of a refused body (up to a bound), so the client, which is
+/// still sending, reads a clean 413 instead of a reset connection.
+async fn drain(mut body: Body) {
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut seen = 0;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len());
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -368,7 +396,8 @@ fn log_failure(state: &AppState, f: &LiveFunction, id: &str, instance: &str, out
         Outcome::NoResponse => "invocation returned without setting a response".to_string(),
         Outcome::BadRequest(e) => format!("request could not be passed to the function: {e}"),
     };
-    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+    // The reason may carry a long wasm backtrace; its head says what happened.
+    for line in text.lines().filter(|l| !l.trim().is_empty()).take(24) {
         state
             .logs
             .line(&f.name, "nubo", Some(instance), Some(id), line.to_string());

@@ -94,6 +94,6 @@ mod tests {
             "127.0.0.1_8080"
         );
         assert_eq!(super::registry_key("http://localhost:9/x"), "127.0.0.1_9");
-        assert_eq!(super::registry_key("[::1]:80"), "__1__80");
+        assert_eq!(super::registry_key("[::1]:80"), "___1__80");
     }
 }

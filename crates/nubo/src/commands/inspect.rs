@@ -162,7 +162,10 @@ pub async fn logs(
         print_line(l, output);
         last = l["id"].as_i64().unwrap_or(last);
     }
-    while follow {
+    if !follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let v = client.logs(name, last, 1000).await?;
         for l in v["lines"].as_array().into_iter().flatten() {
@@ -170,5 +173,4 @@ pub async fn logs(
             last = l["id"].as_i64().unwrap_or(last);
         }
     }
-    Ok(())
 }
