@@ -198,6 +198,17 @@ impl WasmRuntime {
 
     fn link(&self, digest: &str, component: Component) -> Result<WasmComponent, ComponentError> {
         let ty = component.component_type();
+        let missing: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(n, _)| n.to_string())
+            .filter(|name| !is_provided(name))
+            .collect();
+        if !missing.is_empty() {
+            return Err(ComponentError::MissingImports {
+                missing: missing.join(", "),
+                provided: PROVIDED_PACKAGES.join(", "),
+            });
+        }
         let exports: Vec<String> = ty
             .exports(&self.engine)
             .map(|(n, _)| n.to_string())
@@ -209,17 +220,6 @@ impl WasmRuntime {
                 } else {
                     exports.join(", ")
                 },
-            });
-        }
-        let missing: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(n, _)| n.to_string())
-            .filter(|name| !is_provided(name))
-            .collect();
-        if !missing.is_empty() {
-            return Err(ComponentError::MissingImports {
-                missing: missing.join(", "),
-                provided: PROVIDED_PACKAGES.join(", "),
             });
         }
         let pre = self
@@ -350,6 +350,8 @@ pub enum Outcome {
     NoResponse,
     /// The request could not be handed to the guest.
     BadRequest(String),
+    /// The node has no free instance slot (every pooling-allocator slot is in use).
+    NoCapacity,
 }
 
 /// A started instance.
@@ -422,9 +424,12 @@ impl WasmComponent {
         store.epoch_deadline_async_yield_and_update(1);
         let proxy = match self.pre.instantiate_async(&mut store).await {
             Ok(p) => p,
-            Err(e) if store.data().limiter.hit => {
-                let _ = e;
-                return Err(Outcome::MemoryLimit);
+            Err(_) if store.data().limiter.hit => return Err(Outcome::MemoryLimit),
+            Err(e)
+                if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                    .is_some() =>
+            {
+                return Err(Outcome::NoCapacity);
             }
             Err(e) => return Err(Outcome::Trap(format!("instantiation failed: {e:#}"))),
         };
@@ -531,5 +536,76 @@ impl WasmInstance {
             outcome
         });
         Serving { response: rx, done }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(dir: &Path) -> WasmRuntime {
+        WasmRuntime::new(RuntimeOptions {
+            cache_dir: dir.to_path_buf(),
+            max_instances: 4,
+            max_memory: 64 << 20,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn non_components_are_refused_with_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let err = rt.prepare("a", b"just text").err().unwrap();
+        assert!(err.to_string().contains("magic bytes"), "{err}");
+        let core = wat::parse_str("(module)").unwrap();
+        let err = rt.prepare("b", &core).err().unwrap();
+        assert!(err.to_string().contains("core WebAssembly module"), "{err}");
+    }
+
+    #[test]
+    fn missing_imports_are_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let wasm = wat::parse_str(
+            r#"(component
+                (import "acme:kv/store@1.0.0" (instance))
+                (import "wasi:clocks/wall-clock@0.2.0" (instance))
+                (import "wasi:nn/graph@0.2.0" (instance)))"#,
+        )
+        .unwrap();
+        let err = rt.prepare("c", &wasm).err().unwrap();
+        let msg = err.to_string();
+        assert!(
+            matches!(err, ComponentError::MissingImports { .. }),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("acme:kv/store@1.0.0, wasi:nn/graph@0.2.0"),
+            "{msg}"
+        );
+        assert!(!msg.contains("wall-clock"), "{msg}");
+    }
+
+    #[test]
+    fn a_component_without_the_handler_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = runtime(dir.path());
+        let wasm = wat::parse_str("(component)").unwrap();
+        let err = rt.prepare("d", &wasm).err().unwrap();
+        assert!(matches!(err, ComponentError::NoHandler { .. }), "{err}");
+        assert!(err.to_string().contains("exports: nothing"), "{err}");
+    }
+
+    #[test]
+    fn provided_imports() {
+        assert!(is_provided("wasi:io/streams@0.2.6"));
+        assert!(is_provided("wasi:http/types@0.2.12"));
+        assert!(!is_provided("wasi:http/types@0.3.0"));
+        assert!(!is_provided("wasi:keyvalue/store@0.2.0"));
+        assert_eq!(
+            interface_of("wasi:http/incoming-handler@0.2.4"),
+            HANDLER_EXPORT
+        );
     }
 }

@@ -372,6 +372,13 @@ fn outcome_error(f: &LiveFunction, outcome: &Outcome) -> ApiError {
             "bad_request",
             format!("the request cannot be passed to the function: {e}"),
         ),
+        Outcome::NoCapacity => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_capacity",
+            "this node has no free wasm instance slot: every slot is serving a request",
+        )
+        .hint("retry later; raise `nubo up --max-wasm-instances` or lower scale.max of busy functions")
+        .retry_after(1),
         Outcome::Ok => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "function_error",
@@ -395,6 +402,7 @@ fn log_failure(state: &AppState, f: &LiveFunction, id: &str, instance: &str, out
         Outcome::Trap(reason) => format!("invocation failed: {reason}"),
         Outcome::NoResponse => "invocation returned without setting a response".to_string(),
         Outcome::BadRequest(e) => format!("request could not be passed to the function: {e}"),
+        Outcome::NoCapacity => "no free wasm instance slot on this node".to_string(),
     };
     // The reason may carry a long wasm backtrace; its head says what happened.
     for line in text.lines().filter(|l| !l.trim().is_empty()).take(24) {

@@ -39,17 +39,7 @@ pub enum Output {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (gateway, admin API, scheduler) in the foreground
-    Up {
-        /// Address to listen on; port 0 picks a free one
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: std::net::SocketAddr,
-        /// Where the store, artifacts and admin token live [default: $NUBO_DATA_DIR or ~/.nubo/data]
-        #[arg(long, env = "NUBO_DATA_DIR")]
-        data_dir: Option<PathBuf>,
-        /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM
-        #[arg(long, default_value_t = 10)]
-        shutdown_grace: u64,
-    },
+    Up(commands::up::UpArgs),
     /// Build, upload and deploy the project of a manifest
     Deploy {
         /// The manifest
@@ -121,11 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     use commands::*;
     let target = connect::Target::new(cli.server, cli.token);
     match cli.command {
-        Command::Up {
-            listen,
-            data_dir,
-            shutdown_grace,
-        } => up::run(listen, data_dir, shutdown_grace).await,
+        Command::Up(args) => up::run(args).await,
         Command::Deploy { file } => deploy::run(&target.client()?, &file).await,
         Command::Invoke {
             function,

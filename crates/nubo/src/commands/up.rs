@@ -6,11 +6,26 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub async fn run(
+#[derive(clap::Args)]
+pub struct UpArgs {
+    /// Address to listen on; port 0 picks a free one
+    #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
+    /// Where the store, artifacts and admin token live [default: $NUBO_DATA_DIR or ~/.nubo/data]
+    #[arg(long, env = "NUBO_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    grace: u64,
-) -> anyhow::Result<()> {
+    /// Seconds in-flight requests may take to finish after SIGINT/SIGTERM
+    #[arg(long, default_value_t = 10)]
+    shutdown_grace: u64,
+    /// wasm instances that may exist at once on this node (pooling-allocator slots)
+    #[arg(long, default_value_t = 1000)]
+    max_wasm_instances: u32,
+    /// Largest request body a function accepts, in bytes (413 beyond)
+    #[arg(long, default_value_t = 6 * 1024 * 1024)]
+    body_limit: usize,
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NUBO_LOG")
@@ -18,11 +33,13 @@ pub async fn run(
         )
         .with_writer(std::io::stderr)
         .init();
-    let data_dir = data_dir.unwrap_or_else(connect::default_data_dir);
+    let data_dir = args.data_dir.unwrap_or_else(connect::default_data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
-    let mut opts = nubo_server::ServerOptions::new(listen, data_dir.clone());
-    opts.shutdown_grace = Duration::from_secs(grace);
+    let mut opts = nubo_server::ServerOptions::new(args.listen, data_dir.clone());
+    opts.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    opts.max_wasm_instances = args.max_wasm_instances;
+    opts.body_limit = args.body_limit;
     let shutdown = nubo_server::CancellationToken::new();
     let mut registry = None;
     let result = nubo_server::run(opts, shutdown, |addr, _token| {

@@ -302,3 +302,20 @@ functions:
     assert_eq!(s.get("/fn/warm/panic").status(), 502);
     assert_eq!(s.get("/fn/warm/count").text().unwrap(), "1\n");
 }
+
+#[test]
+fn wstd_guests_support_reuse_too() {
+    let s = Server::start();
+    s.deploy(
+        "project: w
+functions:
+  w:
+    kind: wasm
+    component: wstd-count.wasm
+    reuse: 3
+",
+        &["wstd-count"],
+    );
+    let counts: Vec<String> = (0..4).map(|_| s.get("/fn/w/").text().unwrap()).collect();
+    assert_eq!(counts, ["1\n", "2\n", "3\n", "1\n"]);
+}
