@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rustup target add wasm32-wasip2 >/dev/null
 cargo build --release -p nubo
-NUBO="$PWD/target/release/nubo"
+NUBO="${CARGO_TARGET_DIR:-$PWD/target}/release/nubo"
 mkdir -p .nubo
 if [ -f .nubo/server.pid ] && kill -0 "$(cat .nubo/server.pid)" 2>/dev/null; then
   echo "nubo is already running (pid $(cat .nubo/server.pid))"
@@ -13,6 +13,9 @@ else
   "$NUBO" up --listen 127.0.0.1:8080 --data-dir .nubo/data > .nubo/server.out 2> .nubo/server.log &
   echo $! > .nubo/server.pid
   for _ in $(seq 100); do grep -q "listening on" .nubo/server.out 2>/dev/null && break; sleep 0.1; done
+  if ! grep -q "listening on" .nubo/server.out; then
+    echo "nubo up did not start:" >&2; cat .nubo/server.log >&2; exit 1
+  fi
   cat .nubo/server.out
 fi
 cd examples/hello

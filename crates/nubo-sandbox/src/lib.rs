@@ -13,6 +13,6 @@ mod wasm;
 
 pub use logs::{LogFn, LogRecord, LogStream};
 pub use wasm::{
-    ComponentError, InstanceConfig, Outcome, ResponseBody, RuntimeOptions, Serving, WasmComponent,
+    ComponentError, InstanceConfig, Outcome, ResponseBody, RuntimeOptions, WasmComponent,
     WasmInstance, WasmRuntime,
 };

@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
-use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
@@ -350,6 +349,8 @@ pub enum Outcome {
     NoResponse,
     /// The request could not be handed to the guest.
     BadRequest(String),
+    /// The guest answered with an error code instead of a response.
+    ErrorResponse(String),
     /// The node has no free instance slot (every pooling-allocator slot is in use).
     NoCapacity,
 }
@@ -370,14 +371,6 @@ impl Drop for WasmInstance {
         self.stdout.flush_partial();
         self.stderr.flush_partial();
     }
-}
-
-/// An invocation under way: the response arrives on `response` (headers first, the body
-/// streams), and `done` ends when the guest has finished, with the instance if it may serve
-/// again.
-pub struct Serving {
-    pub response: oneshot::Receiver<Result<hyper::Response<ResponseBody>, ErrorCode>>,
-    pub done: JoinHandle<Outcome>,
 }
 
 impl WasmComponent {
@@ -460,22 +453,26 @@ impl WasmInstance {
         self.served
     }
 
-    /// Serves one request. The guest runs on its own task, so the response body can stream
-    /// after the headers are returned; `timeout` covers the whole of it. When the guest is done,
-    /// `on_done` gets the outcome and, if it may serve again, the instance.
-    pub fn serve<B, F>(
+    /// Serves one request and returns its response as soon as the guest has set it; `timeout`
+    /// covers the whole invocation, body included. When the guest is done, `on_done` gets the
+    /// outcome and, if it may serve again, the instance.
+    ///
+    /// The guest runs on the caller's task; only when it sets the response before finishing
+    /// (a streamed body) does the rest of it move to a task of its own, so a small response
+    /// costs no task spawn and no cross-thread wake-up.
+    pub async fn serve<B, F>(
         mut self,
         req: hyper::Request<B>,
         invocation: &str,
         timeout: Duration,
         on_done: F,
-    ) -> Serving
+    ) -> Result<hyper::Response<ResponseBody>, Outcome>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<wasmtime_wasi_http::Error>,
         F: FnOnce(&Outcome, Option<WasmInstance>) + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         *self
             .ctx
             .invocation
@@ -499,16 +496,16 @@ impl WasmInstance {
                     })?;
                 Ok((req, out))
             });
-        let done = tokio::spawn(async move {
-            let (req, out) = match prepared {
-                Ok(p) => p,
-                Err(e) => {
-                    let outcome = Outcome::BadRequest(format!("{e:#}"));
-                    drop(self);
-                    on_done(&outcome, None);
-                    return outcome;
-                }
-            };
+        let (req, out) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let outcome = Outcome::BadRequest(format!("{e:#}"));
+                drop(self);
+                on_done(&outcome, None);
+                return Err(outcome);
+            }
+        };
+        let mut run = Box::pin(async move {
             let handler = self.proxy.wasi_http_incoming_handler();
             let call = handler.call_handle(&mut self.store, req, out);
             let outcome = match tokio::time::timeout(timeout, call).await {
@@ -535,7 +532,22 @@ impl WasmInstance {
             }
             outcome
         });
-        Serving { response: rx, done }
+        let answer = tokio::select! {
+            biased;
+            outcome = &mut run => match rx.try_recv() {
+                Ok(answer) => answer,
+                Err(_) => return Err(outcome),
+            },
+            answer = &mut rx => {
+                // The guest is still writing the body: let it finish on its own task.
+                tokio::spawn(run);
+                match answer {
+                    Ok(answer) => answer,
+                    Err(_) => return Err(Outcome::NoResponse),
+                }
+            }
+        };
+        answer.map_err(|code| Outcome::ErrorResponse(format!("{code:?}")))
     }
 }
 

@@ -213,42 +213,24 @@ async fn invoke(
             lease.release(instance);
             drop(inflight);
             let secs = exec_started.elapsed().as_secs_f64();
-            state
-                .metrics
-                .gb_seconds
-                .get_or_create(&f.label)
-                .inc_by(f.gb * secs);
+            f.gb_seconds.inc_by(f.gb * secs);
             if *outcome != Outcome::Ok {
                 log_failure(&state, &f, &id, &instance_id, outcome);
             }
         }
     };
     let timeout = f.spec.timeout.to_std();
-    let serving = instance.serve(
-        hyper::Request::from_parts(parts, Full::new(body)),
-        &id,
-        timeout,
-        on_done,
-    );
-    let mut resp = match serving.response.await {
-        Ok(Ok(resp)) => resp.map(Body::new),
-        Ok(Err(code)) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "function_error",
-            format!(
-                "function {} answered with an error instead of a response: {code:?}",
-                f.name
-            ),
+    let answer = instance
+        .serve(
+            hyper::Request::from_parts(parts, Full::new(body)),
+            &id,
+            timeout,
+            on_done,
         )
-        .into_response(),
-        Err(_) => {
-            // The guest ended without a response: find out how.
-            let outcome = serving
-                .done
-                .await
-                .unwrap_or_else(|e| Outcome::Trap(format!("the invocation task failed: {e}")));
-            outcome_error(&f, &outcome).into_response()
-        }
+        .await;
+    let mut resp = match answer {
+        Ok(resp) => resp.map(Body::new),
+        Err(outcome) => outcome_error(&f, &outcome).into_response(),
     };
     let exec = exec_started.elapsed();
     let h = resp.headers_mut();
@@ -298,14 +280,18 @@ fn finish(
     resp.headers_mut()
         .insert("nubo-invocation-id", header_value(id));
     let status = resp.status().as_u16();
-    state
-        .metrics
-        .invocations
-        .get_or_create(&StatusLabels {
-            function: f.name.clone(),
-            status: status.to_string(),
-        })
-        .inc();
+    if status == 200 {
+        f.ok.inc();
+    } else {
+        state
+            .metrics
+            .invocations
+            .get_or_create(&StatusLabels {
+                function: f.name.clone(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
     f.duration.observe(received.elapsed().as_secs_f64());
     resp
 }
@@ -372,6 +358,15 @@ fn outcome_error(f: &LiveFunction, outcome: &Outcome) -> ApiError {
             "bad_request",
             format!("the request cannot be passed to the function: {e}"),
         ),
+        Outcome::ErrorResponse(code) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "function_error",
+            format!(
+                "function {} answered with an error instead of a response: {code}",
+                f.name
+            ),
+        )
+        .hint(logs),
         Outcome::NoCapacity => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "no_capacity",
@@ -403,6 +398,7 @@ fn log_failure(state: &AppState, f: &LiveFunction, id: &str, instance: &str, out
         Outcome::NoResponse => "invocation returned without setting a response".to_string(),
         Outcome::BadRequest(e) => format!("request could not be passed to the function: {e}"),
         Outcome::NoCapacity => "no free wasm instance slot on this node".to_string(),
+        Outcome::ErrorResponse(code) => format!("the function answered with an error: {code}"),
     };
     // The reason may carry a long wasm backtrace; its head says what happened.
     for line in text.lines().filter(|l| !l.trim().is_empty()).take(24) {

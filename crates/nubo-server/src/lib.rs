@@ -124,18 +124,55 @@ pub async fn run(
         wait_for_signal().await;
         signal.cancel();
     });
-    let serve =
-        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let grace = opts.shutdown_grace;
-    tokio::select! {
-        r = serve => r?,
-        _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
-            tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
-        }
-    }
+    serve(listener, app, &shutdown, opts.shutdown_grace).await;
     reaper.abort();
     state.logs.flush().await;
     Ok(())
+}
+
+/// Accepts HTTP/1.1 connections until `shutdown`, then lets open ones finish up to `grace`.
+///
+/// A plain hyper HTTP/1 loop rather than `axum::serve`: it skips the HTTP/2 preface sniffing of
+/// the auto builder on every connection, and sets TCP_NODELAY (a response's head and the end of
+/// its streamed body can leave in separate writes; holding the second for the client's delayed
+/// ACK would add ~40 ms).
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: &CancellationToken,
+    grace: Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let service = hyper_util::service::TowerToHyperService::new(app);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!("accepting a connection failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = hyper::server::conn::http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(grace) => {
+            tracing::warn!("in-flight requests did not finish within {grace:?}; stopping anyway");
+        }
+    }
 }
 
 async fn wait_for_signal() {

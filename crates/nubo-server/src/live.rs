@@ -2,7 +2,7 @@
 //! pre-linked, with the pool of its instances.
 
 use crate::AppState;
-use crate::metrics::{FunctionLabel, ModeLabels, function_label};
+use crate::metrics::{FunctionLabel, ModeLabels, StatusLabels, function_label};
 use nubo_manifest::FunctionSpec;
 use nubo_sandbox::{InstanceConfig, LogRecord, WasmComponent, WasmInstance};
 use nubo_scheduler::{Pool, PoolLimits};
@@ -29,6 +29,9 @@ pub struct LiveFunction {
     pub inflight: Gauge,
     pub cold_new: Counter,
     pub cold_new_duration: Histogram,
+    pub gb_seconds: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Invocations answered 200, the common case, without a label lookup.
+    pub ok: Counter,
 }
 
 impl LiveFunction {
@@ -93,6 +96,14 @@ impl LiveFunction {
             inflight: m.inflight.get_or_create(&label).clone(),
             cold_new: m.cold_starts.get_or_create(&mode).clone(),
             cold_new_duration: m.cold_start_duration.get_or_create(&mode).clone(),
+            gb_seconds: m.gb_seconds.get_or_create(&label).clone(),
+            ok: m
+                .invocations
+                .get_or_create(&StatusLabels {
+                    function: name.to_string(),
+                    status: "200".into(),
+                })
+                .clone(),
             label,
         })
     }
