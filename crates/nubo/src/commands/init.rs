@@ -61,7 +61,7 @@ pub fn run(template: &str, dir: &Path) -> anyhow::Result<()> {
                 (
                     "nubo.yaml",
                     format!(
-                        "project: {name}\nfunctions:\n  {name}:\n    kind: wasm\n    build: cargo build --release --target wasm32-wasip2\n    component: target/wasm32-wasip2/release/{crate_name}.wasm\n    env: {{ GREETING: Hello }}\n    memory: 64Mi\n    timeout: 10s\n    routes:\n      - path: /{name}\n        methods: [GET, POST]\n"
+                        "project: {name}\nfunctions:\n  {name}:\n    kind: wasm\n    build: cargo build --release --target wasm32-wasip2 --target-dir target\n    component: target/wasm32-wasip2/release/{crate_name}.wasm\n    env: {{ GREETING: Hello }}\n    memory: 64Mi\n    timeout: 10s\n    routes:\n      - path: /{name}\n        methods: [GET, POST]\n"
                     ),
                 ),
                 (".gitignore", "/target\n".to_string()),
