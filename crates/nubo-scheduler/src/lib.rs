@@ -133,6 +133,11 @@ impl<I: Send + 'static> Pool<I> {
     pub async fn acquire(self: &Arc<Self>) -> Result<Lease<I>, Rejected> {
         let rx = {
             let mut inner = self.lock();
+            if decide(view_of(&inner), &self.limits) == Decision::Reject {
+                // Waiters whose requests were dropped (clients that hung up) still hold a place
+                // in the queue until a slot frees; do not turn new requests away for them.
+                inner.waiters.retain(|w| !w.is_closed());
+            }
             match decide(view_of(&inner), &self.limits) {
                 Decision::UseIdle => {
                     // Most recently used first: its memory is likeliest still in cache.

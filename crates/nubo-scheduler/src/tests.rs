@@ -140,3 +140,29 @@ async fn idle_instances_are_reaped() {
     );
     assert_eq!(pool.view(), PoolView::default());
 }
+
+#[tokio::test]
+async fn abandoned_waiters_do_not_fill_the_queue() {
+    let pool = Pool::<u32>::new(PoolLimits {
+        queue_wait: Duration::from_secs(60),
+        ..limits(1, 1)
+    });
+    let mut a = pool.acquire().await.unwrap();
+    a.take_instance();
+    a.started();
+    let p = pool.clone();
+    let waiter = tokio::spawn(async move { p.acquire().await.is_ok() });
+    while pool.view().waiting < 1 {
+        tokio::task::yield_now().await;
+    }
+    waiter.abort(); // the client hung up
+    let _ = waiter.await;
+    // The queue has room again for a live request.
+    let p = pool.clone();
+    let live = tokio::spawn(async move { p.acquire().await.map(|l| l.waited()) });
+    while pool.view().waiting < 1 {
+        tokio::task::yield_now().await;
+    }
+    a.release(Some(1));
+    assert!(live.await.unwrap().is_ok());
+}
