@@ -473,6 +473,8 @@ impl WasmInstance {
         F: FnOnce(&Outcome, Option<WasmInstance>) + Send + 'static,
     {
         let (tx, mut rx) = oneshot::channel();
+        // A refused growth in an earlier request that the guest survived says nothing of this one.
+        self.store.data_mut().limiter.hit = false;
         *self
             .ctx
             .invocation

@@ -164,23 +164,21 @@ impl<I: Send + 'static> Pool<I> {
             }
         };
         let started = Instant::now();
-        let mut rx = rx;
-        match tokio::time::timeout(self.limits.queue_wait, &mut rx).await {
-            Ok(Ok(grant)) => Ok(self.lease(grant, started.elapsed())),
-            // The pool never drops a waiter's sender without sending; treat it as a timeout.
-            Ok(Err(_)) => Err(Rejected::WaitTimeout(self.limits.queue_wait)),
-            Err(_) => {
-                // A grant may have been sent just as the wait ran out: take it back so its
-                // slot is not lost, and pass it on.
-                rx.close();
-                if let Ok(grant) = rx.try_recv() {
-                    let mut lease = self.lease(grant, started.elapsed());
-                    let instance = lease.take_instance();
-                    lease.release(instance);
-                }
-                self.lock().waiters.retain(|w| !w.is_closed());
-                Err(Rejected::WaitTimeout(self.limits.queue_wait))
+        // Until a grant is taken out of it, the guard gives back whatever reaches `rx`: on a
+        // timeout and also when this future is dropped (the client hung up), so a slot handed
+        // to a waiter that is gone is never lost.
+        let mut waiting = Waiting {
+            pool: self,
+            rx: Some(rx),
+        };
+        let rx = waiting.rx.as_mut().expect("set above");
+        match tokio::time::timeout(self.limits.queue_wait, rx).await {
+            Ok(Ok(grant)) => {
+                waiting.rx = None;
+                Ok(self.lease(grant, started.elapsed()))
             }
+            // The pool never drops a waiter's sender without sending; treat it as a timeout.
+            Ok(Err(_)) | Err(_) => Err(Rejected::WaitTimeout(self.limits.queue_wait)),
         }
     }
 
@@ -245,6 +243,25 @@ impl<I: Send + 'static> Pool<I> {
             .into_iter()
             .map(|i| i.instance)
             .collect()
+    }
+}
+
+/// A request waiting in the queue; see `acquire`.
+struct Waiting<'a, I: Send + 'static> {
+    pool: &'a Arc<Pool<I>>,
+    rx: Option<oneshot::Receiver<Grant<I>>>,
+}
+
+impl<I: Send + 'static> Drop for Waiting<'_, I> {
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        rx.close();
+        if let Ok(grant) = rx.try_recv() {
+            let mut lease = self.pool.lease(grant, Duration::ZERO);
+            let instance = lease.take_instance();
+            lease.release(instance);
+        }
+        self.pool.lock().waiters.retain(|w| !w.is_closed());
     }
 }
 

@@ -166,3 +166,32 @@ async fn abandoned_waiters_do_not_fill_the_queue() {
     a.release(Some(1));
     assert!(live.await.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn a_slot_granted_to_a_waiter_that_hung_up_is_given_back() {
+    let pool = Pool::<u32>::new(PoolLimits {
+        queue_wait: Duration::from_secs(60),
+        ..limits(1, 1)
+    });
+    let mut a = pool.acquire().await.unwrap();
+    a.take_instance();
+    a.started();
+    let p = pool.clone();
+    let waiter = tokio::spawn(async move { p.acquire().await.is_ok() });
+    while pool.view().waiting < 1 {
+        tokio::task::yield_now().await;
+    }
+    // The slot is handed to the waiter, whose request is dropped before it runs again.
+    a.release(Some(7));
+    waiter.abort();
+    let _ = waiter.await;
+    assert_eq!(
+        pool.view(),
+        PoolView {
+            idle: 1,
+            busy: 0,
+            starting: 0,
+            waiting: 0
+        }
+    );
+}

@@ -48,7 +48,19 @@ pub struct DeployedFunction {
     pub routes: Vec<String>,
 }
 
+/// Deploys on a task of its own: once started, a deploy runs to the end (commit and route
+/// table swap together) even if the client hangs up, so the store and the table never disagree.
 pub async fn deploy(state: &Arc<AppState>, req: DeployRequest) -> Result<DeployResponse, ApiError> {
+    let state = state.clone();
+    tokio::spawn(async move { deploy_to_end(&state, req).await })
+        .await
+        .map_err(|e| ApiError::internal("deploying", e))?
+}
+
+async fn deploy_to_end(
+    state: &Arc<AppState>,
+    req: DeployRequest,
+) -> Result<DeployResponse, ApiError> {
     let manifest = nubo_manifest::parse(&req.file, &req.manifest).map_err(|e| {
         ApiError::bad_request("invalid_manifest", e.to_string())
             .hint("fix the manifest and deploy again; nothing was changed")
@@ -160,7 +172,15 @@ pub async fn deploy(state: &Arc<AppState>, req: DeployRequest) -> Result<DeployR
             .find(|p| p.name == d.name)
             .expect("deployed functions come from the plan");
         match table.function(&d.name) {
-            Some(current) if current.revision == d.revision => live.push(current.clone()),
+            // Same revision number, artifact and spec: keep it live, with its warm instances.
+            // (Numbers alone are not enough: they start again after a function is removed.)
+            Some(current)
+                if current.revision == d.revision
+                    && current.component.digest() == p.digest
+                    && current.spec == p.spec =>
+            {
+                live.push(current.clone())
+            }
             _ => live.push(LiveFunction::new(
                 state,
                 &d.name,
@@ -216,6 +236,13 @@ pub async fn deploy(state: &Arc<AppState>, req: DeployRequest) -> Result<DeployR
 
 /// Removes a function: from the store, then from the route table.
 pub async fn remove(state: &Arc<AppState>, name: &str) -> Result<bool, ApiError> {
+    let (state, name) = (state.clone(), name.to_string());
+    tokio::spawn(async move { remove_to_end(&state, &name).await })
+        .await
+        .map_err(|e| ApiError::internal("removing the function", e))?
+}
+
+async fn remove_to_end(state: &Arc<AppState>, name: &str) -> Result<bool, ApiError> {
     let _guard = state.deploy_lock.lock().await;
     let store = state.store.clone();
     let n = name.to_string();

@@ -180,7 +180,13 @@ async fn invoke(
         None => {
             let started = Instant::now();
             let instance_id = f.next_instance_id();
-            let result = f.component.instantiate(&instance_id, &f.config).await;
+            // A component whose start-up never ends is stopped like a request that never ends.
+            let result = tokio::time::timeout(
+                f.spec.timeout.to_std(),
+                f.component.instantiate(&instance_id, &f.config),
+            )
+            .await
+            .unwrap_or(Err(Outcome::Timeout));
             lease.started();
             match result {
                 Ok(i) => {

@@ -126,6 +126,13 @@ pub async fn run(
     });
     serve(listener, app, &shutdown, opts.shutdown_grace).await;
     reaper.abort();
+    // Drop idle instances first: their last partial output lines reach the log on drop.
+    let table = state.table();
+    state.set_table(RouteTable::default());
+    for f in table.functions() {
+        drop(f.pool.drain_idle());
+    }
+    drop(table);
     state.logs.flush().await;
     Ok(())
 }
@@ -179,7 +186,10 @@ async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
