@@ -192,12 +192,21 @@ fn sigterm_lets_in_flight_requests_finish() {
     s.deploy(&one_function("one"), &["testkit"]);
     let url = s.url.clone();
     let inflight = std::thread::spawn(move || {
-        reqwest::blocking::get(format!("{url}/fn/app/sleep?ms=700"))
+        reqwest::blocking::get(format!("{url}/fn/app/sleep?ms=1000"))
             .unwrap()
             .status()
             .as_u16()
     });
-    std::thread::sleep(Duration::from_millis(200));
+    eventually(
+        Duration::from_secs(10),
+        "the request to be in flight",
+        || {
+            s.get("/_nubo/metrics")
+                .text()
+                .unwrap()
+                .contains("nubo_inflight_requests{function=\"app\"} 1")
+        },
+    );
     unsafe { libc::kill(s.pid() as i32, libc::SIGTERM) };
     assert_eq!(inflight.join().unwrap(), 200);
     assert!(s.wait_exit(Duration::from_secs(10)).success());

@@ -239,7 +239,7 @@ functions:
   slow:
     kind: wasm
     component: testkit.wasm
-    scale: { max: 2, queue: 2, queue_wait: 5s }
+    scale: { max: 2, queue: 2, queue_wait: 20s }
 ",
         &["testkit"],
     );
@@ -248,7 +248,7 @@ functions:
         .map(|_| {
             let url = url.clone();
             std::thread::spawn(move || {
-                let r = reqwest::blocking::get(format!("{url}/fn/slow/sleep?ms=600")).unwrap();
+                let r = reqwest::blocking::get(format!("{url}/fn/slow/sleep?ms=1500")).unwrap();
                 let retry = r
                     .headers()
                     .get("retry-after")
