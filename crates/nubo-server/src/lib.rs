@@ -124,7 +124,7 @@ pub async fn run(
         wait_for_signal().await;
         signal.cancel();
     });
-    serve(listener, app, &shutdown, opts.shutdown_grace).await;
+    serve(listener, state.clone(), app, &shutdown, opts.shutdown_grace).await;
     reaper.abort();
     // Drop idle instances first: their last partial output lines reach the log on drop.
     let table = state.table();
@@ -145,12 +145,26 @@ pub async fn run(
 /// ACK would add ~40 ms).
 async fn serve(
     listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
     app: axum::Router,
     shutdown: &CancellationToken,
     grace: Duration,
 ) {
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let service = hyper_util::service::TowerToHyperService::new(app);
+    let admin = hyper_util::service::TowerToHyperService::new(app);
+    // Invocations go straight to the gateway; only platform paths take the router.
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (state, admin) = (state.clone(), admin.clone());
+        async move {
+            let path = req.uri().path();
+            if path.starts_with("/_nubo") || path.starts_with("/2015-03-31/") {
+                hyper::service::Service::call(&admin, req).await
+            } else {
+                let req = req.map(axum::body::Body::new);
+                Ok(gateway::handle(axum::extract::State(state), req).await)
+            }
+        }
+    });
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
