@@ -102,7 +102,19 @@ impl Client {
                 body: String::from_utf8_lossy(&body).into_owned(),
             });
         }
+        if status == 401 && self.token.is_none() {
+            return Err(self.no_token());
+        }
         Err(api_error(status, value, &body))
+    }
+
+    fn no_token(&self) -> ClientError {
+        ClientError::Api {
+            status: 401,
+            code: "unauthorized".into(),
+            message: format!("no admin token was found for {}", self.base),
+            hint: Some("pass --token or set NUBO_TOKEN; a server started on this machine by the same user is found by itself".into()),
+        }
     }
 
     pub async fn health(&self) -> Result<Value, ClientError> {
@@ -149,6 +161,7 @@ impl Client {
         match resp.status().as_u16() {
             200 => Ok(true),
             404 => Ok(false),
+            401 if self.token.is_none() => Err(self.no_token()),
             401 => Err(api_error(401, None, b"")),
             status => Err(ClientError::Protocol {
                 status,

@@ -48,7 +48,10 @@ pub fn register_server(addr: std::net::SocketAddr, data_dir: &Path) -> anyhow::R
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let entry = dir.join(registry_key(&format!("http://{addr}")));
     let data_dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-    std::fs::write(&entry, data_dir.to_string_lossy().as_bytes())?;
+    // Atomically: a CLI may read the entry the moment the server says it is listening.
+    let tmp = entry.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data_dir.to_string_lossy().as_bytes())?;
+    std::fs::rename(&tmp, &entry)?;
     Ok(entry)
 }
 

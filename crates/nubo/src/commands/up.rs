@@ -43,17 +43,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let shutdown = nubo_server::CancellationToken::new();
     let mut registry = None;
     let result = nubo_server::run(opts, shutdown, |addr, _token| {
-        // One line on stdout that scripts and tests parse; the rest goes to stderr.
-        println!("listening on http://{addr}");
-        let _ = std::io::stdout().flush();
-        eprintln!(
-            "admin token: {}",
-            data_dir.join(nubo_server::ADMIN_TOKEN_FILE).display()
-        );
+        // Register first: whoever reads the line below may run the CLI at once.
         match connect::register_server(addr, &data_dir) {
             Ok(p) => registry = Some(p),
             Err(e) => eprintln!("warning: the CLI will need --token: {e:#}"),
         }
+        eprintln!(
+            "admin token: {}",
+            data_dir.join(nubo_server::ADMIN_TOKEN_FILE).display()
+        );
+        // One line on stdout that scripts and tests parse; the rest goes to stderr.
+        println!("listening on http://{addr}");
+        let _ = std::io::stdout().flush();
     })
     .await;
     if let Some(p) = registry {
