@@ -24,15 +24,6 @@ pub enum ClientError {
     Protocol { status: u16, body: String },
 }
 
-impl ClientError {
-    pub fn code(&self) -> Option<&str> {
-        match self {
-            ClientError::Api { code, .. } => Some(code),
-            _ => None,
-        }
-    }
-}
-
 /// The answer of an invocation, whatever its status.
 #[derive(Debug)]
 pub struct Invocation {
@@ -117,11 +108,6 @@ impl Client {
         }
     }
 
-    pub async fn health(&self) -> Result<Value, ClientError> {
-        self.json(self.http.get(format!("{}/_nubo/health", self.base)))
-            .await
-    }
-
     pub async fn functions(&self) -> Result<Value, ClientError> {
         self.json(self.api(reqwest::Method::GET, "/functions"))
             .await
@@ -130,14 +116,6 @@ impl Client {
     pub async fn function(&self, name: &str) -> Result<Value, ClientError> {
         self.json(self.api(reqwest::Method::GET, &format!("/functions/{name}")))
             .await
-    }
-
-    pub async fn instances(&self, name: &str) -> Result<Value, ClientError> {
-        self.json(self.api(
-            reqwest::Method::GET,
-            &format!("/functions/{name}/instances"),
-        ))
-        .await
     }
 
     pub async fn remove(&self, name: &str) -> Result<Value, ClientError> {

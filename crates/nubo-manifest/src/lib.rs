@@ -14,7 +14,6 @@ mod validate;
 pub use quantity::{Duration, Size};
 pub use validate::{
     FunctionName, ProjectName, RESERVED_PATH_PREFIXES, routes_overlap, validate_function_name,
-    validate_project_name,
 };
 
 use serde::{Deserialize, Serialize};

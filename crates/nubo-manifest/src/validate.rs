@@ -78,10 +78,6 @@ pub fn validate_function_name(s: &str) -> Result<FunctionName, String> {
     FunctionName::try_from(s.to_string())
 }
 
-pub fn validate_project_name(s: &str) -> Result<ProjectName, String> {
-    ProjectName::try_from(s.to_string())
-}
-
 /// Collects problems with their key paths.
 struct Check {
     problems: Vec<Problem>,

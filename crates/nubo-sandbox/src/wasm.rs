@@ -151,7 +151,7 @@ impl WasmRuntime {
     /// Checks a component, compiles it and caches the compiled form (deploy time, never on the
     /// request path). Blocking and CPU-heavy: call it from a blocking thread.
     pub fn prepare(&self, digest: &str, wasm: &[u8]) -> Result<WasmComponent, ComponentError> {
-        if !wasmparser_is_component(wasm) {
+        if !is_component_binary(wasm) {
             let what = if wasm.starts_with(b"\0asm") {
                 "it is a core WebAssembly module, not a component".to_string()
             } else {
@@ -233,7 +233,7 @@ impl WasmRuntime {
     }
 }
 
-fn wasmparser_is_component(bytes: &[u8]) -> bool {
+fn is_component_binary(bytes: &[u8]) -> bool {
     // Component layer: magic, then version 0x0d 0x00 and layer 0x01 0x00.
     bytes.len() >= 8 && bytes.starts_with(b"\0asm") && bytes[6..8] == [0x01, 0x00]
 }
@@ -439,18 +439,8 @@ impl WasmComponent {
 }
 
 impl WasmInstance {
-    /// Bytes of linear memory the instance holds.
-    pub fn memory_bytes(&self) -> u64 {
-        self.store.data().limiter.used as u64
-    }
-
     pub fn id(&self) -> &str {
         &self.ctx.instance
-    }
-
-    /// Requests this instance has served.
-    pub fn served(&self) -> u32 {
-        self.served
     }
 
     /// Serves one request and returns its response as soon as the guest has set it; `timeout`
@@ -462,7 +452,7 @@ impl WasmInstance {
     /// costs no task spawn and no cross-thread wake-up.
     pub async fn serve<B, F>(
         mut self,
-        req: hyper::Request<B>,
+        mut req: hyper::Request<B>,
         invocation: &str,
         timeout: Duration,
         on_done: F,
@@ -472,6 +462,13 @@ impl WasmInstance {
         B::Error: Into<wasmtime_wasi_http::Error>,
         F: FnOnce(&Outcome, Option<WasmInstance>) + Send + 'static,
     {
+        // wasi:http gives the guest an authority; an HTTP/1.0 request may carry none.
+        if req.uri().authority().is_none() && !req.headers().contains_key(http::header::HOST) {
+            req.headers_mut().insert(
+                http::header::HOST,
+                http::HeaderValue::from_static("localhost"),
+            );
+        }
         let (tx, mut rx) = oneshot::channel();
         // A refused growth in an earlier request that the guest survived says nothing of this one.
         self.store.data_mut().limiter.hit = false;

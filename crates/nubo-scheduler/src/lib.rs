@@ -40,6 +40,13 @@ pub struct PoolView {
     pub waiting: usize,
 }
 
+impl PoolView {
+    /// Busy slots whose instance is already started and serving.
+    pub fn serving(&self) -> usize {
+        self.busy - self.starting
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     /// Take an idle instance: a warm start.
@@ -112,10 +119,6 @@ impl<I: Send + 'static> Pool<I> {
                 waiters: VecDeque::new(),
             }),
         })
-    }
-
-    pub fn limits(&self) -> &PoolLimits {
-        &self.limits
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<I>> {
@@ -286,14 +289,10 @@ pub struct Lease<I: Send + 'static> {
 impl<I: Send + 'static> Lease<I> {
     /// The warm instance, or `None` when the holder must start one.
     pub fn take_instance(&mut self) -> Option<I> {
-        match self.grant.take() {
+        // A `Start` grant stays: `started` and `release` read it.
+        match self.grant.take_if(|g| matches!(g, Grant::Warm(_))) {
             Some(Grant::Warm(i)) => Some(i),
-            Some(Grant::Start) => {
-                // Remember we are starting, for `release`.
-                self.grant = Some(Grant::Start);
-                None
-            }
-            None => None,
+            _ => None,
         }
     }
 

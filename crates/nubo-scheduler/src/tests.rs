@@ -18,6 +18,37 @@ fn v(idle: usize, busy: usize, waiting: usize) -> PoolView {
     }
 }
 
+/// One slot, one queue place, and waits long enough that a test never sees a timeout.
+fn one_slot_long_wait() -> PoolLimits {
+    PoolLimits {
+        queue_wait: Duration::from_secs(60),
+        ..limits(1, 1)
+    }
+}
+
+/// A pool whose slots are all taken by started instances, with the lease of the first.
+async fn full_pool(limits: PoolLimits) -> (Arc<Pool<u32>>, Lease<u32>) {
+    let pool = Pool::<u32>::new(limits);
+    let mut a = pool.acquire().await.unwrap();
+    a.take_instance();
+    a.started();
+    (pool, a)
+}
+
+/// A request that waits in the pool's queue (returned once it is queued).
+async fn queued_request(pool: &Arc<Pool<u32>>) -> tokio::task::JoinHandle<bool> {
+    let p = pool.clone();
+    let waiter = tokio::spawn(async move { p.acquire().await.is_ok() });
+    until_queued(pool, 1).await;
+    waiter
+}
+
+async fn until_queued(pool: &Pool<u32>, waiting: usize) {
+    while pool.view().waiting < waiting {
+        tokio::task::yield_now().await;
+    }
+}
+
 #[test]
 fn decide_prefers_idle_then_new_then_queue() {
     let l = limits(2, 1);
@@ -68,20 +99,13 @@ async fn warm_instances_are_reused_and_slots_are_bounded() {
 
 #[tokio::test]
 async fn waiters_get_freed_slots_in_order_and_time_out() {
-    let pool = Pool::<u32>::new(limits(1, 2));
-    let mut a = pool.acquire().await.unwrap();
-    a.take_instance();
-    a.started();
+    let (pool, a) = full_pool(limits(1, 2)).await;
     let p1 = pool.clone();
     let w1 = tokio::spawn(async move { p1.acquire().await.map(|mut l| (l.take_instance(), l)) });
-    while pool.view().waiting < 1 {
-        tokio::task::yield_now().await;
-    }
+    until_queued(&pool, 1).await;
     let p2 = pool.clone();
     let w2 = tokio::spawn(async move { p2.acquire().await.map(|mut l| (l.take_instance(), l)) });
-    while pool.view().waiting < 2 {
-        tokio::task::yield_now().await;
-    }
+    until_queued(&pool, 2).await;
     assert!(matches!(
         pool.acquire().await,
         Err(Rejected::QueueFull { .. })
@@ -99,15 +123,10 @@ async fn waiters_get_freed_slots_in_order_and_time_out() {
 
 #[tokio::test]
 async fn a_destroyed_instance_hands_a_cold_start_to_the_waiter() {
-    let pool = Pool::<u32>::new(limits(1, 1));
-    let mut a = pool.acquire().await.unwrap();
-    a.take_instance();
-    a.started();
+    let (pool, a) = full_pool(limits(1, 1)).await;
     let p = pool.clone();
     let w = tokio::spawn(async move { p.acquire().await.map(|mut l| (l.take_instance(), l)) });
-    while pool.view().waiting < 1 {
-        tokio::task::yield_now().await;
-    }
+    until_queued(&pool, 1).await;
     a.release(None);
     let (inst, mut lease) = w.await.unwrap().unwrap();
     assert_eq!(inst, None);
@@ -143,44 +162,22 @@ async fn idle_instances_are_reaped() {
 
 #[tokio::test]
 async fn abandoned_waiters_do_not_fill_the_queue() {
-    let pool = Pool::<u32>::new(PoolLimits {
-        queue_wait: Duration::from_secs(60),
-        ..limits(1, 1)
-    });
-    let mut a = pool.acquire().await.unwrap();
-    a.take_instance();
-    a.started();
-    let p = pool.clone();
-    let waiter = tokio::spawn(async move { p.acquire().await.is_ok() });
-    while pool.view().waiting < 1 {
-        tokio::task::yield_now().await;
-    }
+    let (pool, a) = full_pool(one_slot_long_wait()).await;
+    let waiter = queued_request(&pool).await;
     waiter.abort(); // the client hung up
     let _ = waiter.await;
     // The queue has room again for a live request.
     let p = pool.clone();
     let live = tokio::spawn(async move { p.acquire().await.map(|l| l.waited()) });
-    while pool.view().waiting < 1 {
-        tokio::task::yield_now().await;
-    }
+    until_queued(&pool, 1).await;
     a.release(Some(1));
     assert!(live.await.unwrap().is_ok());
 }
 
 #[tokio::test]
 async fn a_slot_granted_to_a_waiter_that_hung_up_is_given_back() {
-    let pool = Pool::<u32>::new(PoolLimits {
-        queue_wait: Duration::from_secs(60),
-        ..limits(1, 1)
-    });
-    let mut a = pool.acquire().await.unwrap();
-    a.take_instance();
-    a.started();
-    let p = pool.clone();
-    let waiter = tokio::spawn(async move { p.acquire().await.is_ok() });
-    while pool.view().waiting < 1 {
-        tokio::task::yield_now().await;
-    }
+    let (pool, a) = full_pool(one_slot_long_wait()).await;
+    let waiter = queued_request(&pool).await;
     // The slot is handed to the waiter, whose request is dropped before it runs again.
     a.release(Some(7));
     waiter.abort();

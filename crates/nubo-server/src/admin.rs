@@ -4,6 +4,7 @@ use crate::AppState;
 use crate::api_error::ApiError;
 use crate::deploy::{self, DeployRequest};
 use crate::metrics::StateLabels;
+use crate::routes::RouteTable;
 use crate::token::token_matches;
 use axum::Json;
 use axum::Router;
@@ -45,6 +46,11 @@ pub fn router(state: S) -> Router<S> {
         )
         .route("/_nubo/metrics", get(metrics))
         .nest("/_nubo/api/v1", api)
+        .fallback(|req: Request| async move {
+            let path = req.uri().path().to_string();
+            ApiError::not_found("not_found", format!("{path} is not a platform route"))
+                .hint("platform routes: /_nubo/health, /_nubo/metrics, /_nubo/api/v1/…")
+        })
 }
 
 async fn require_token(State(state): State<S>, req: Request, next: Next) -> Response {
@@ -67,7 +73,7 @@ async fn metrics(State(state): State<S>) -> Response {
         let v = f.pool.view();
         for (st, n) in [
             ("idle", v.idle),
-            ("busy", v.busy - v.starting),
+            ("busy", v.serving()),
             ("starting", v.starting),
         ] {
             state
@@ -95,8 +101,7 @@ async fn metrics(State(state): State<S>) -> Response {
         .into_response()
 }
 
-fn function_json(state: &AppState, r: &FunctionRecord) -> Value {
-    let table = state.table();
+fn function_json(state: &AppState, table: &RouteTable, r: &FunctionRecord) -> Value {
     let view = table
         .function(&r.name)
         .map(|f| f.pool.view())
@@ -136,7 +141,11 @@ fn no_function(name: &str) -> ApiError {
 async fn list_functions(State(state): State<S>) -> Result<Json<Value>, ApiError> {
     let store = state.store.clone();
     let records = blocking("listing functions", move || store.functions()).await?;
-    let list: Vec<Value> = records.iter().map(|r| function_json(&state, r)).collect();
+    let table = state.table();
+    let list: Vec<Value> = records
+        .iter()
+        .map(|r| function_json(&state, &table, r))
+        .collect();
     Ok(Json(json!({ "functions": list })))
 }
 
@@ -151,7 +160,7 @@ async fn get_function(
     })
     .await?;
     let record = record.ok_or_else(|| no_function(&name))?;
-    let mut v = function_json(&state, &record);
+    let mut v = function_json(&state, &state.table(), &record);
     v["spec"] = json!(record.revision.spec);
     v["revisions"] =
         json!(revisions
@@ -198,7 +207,7 @@ async fn instances(
         "kind": "wasm",
         "reuse": f.spec.reuse,
         "max": f.spec.scale.max,
-        "counts": { "idle": v.idle, "busy": v.busy - v.starting, "starting": v.starting, "waiting": v.waiting },
+        "counts": { "idle": v.idle, "busy": v.serving(), "starting": v.starting, "waiting": v.waiting },
     })))
 }
 

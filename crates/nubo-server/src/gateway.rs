@@ -39,10 +39,6 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
                 .into_response();
             }
         }
-    } else if path == "/_nubo" || path.starts_with("/_nubo/") {
-        return ApiError::not_found("not_found", format!("{path} is not a platform route"))
-            .hint("platform routes: /_nubo/health, /_nubo/metrics, /_nubo/api/v1/…")
-            .into_response();
     } else {
         match table.lookup(req.method().as_str(), path) {
             Lookup::Found(f) => (f, path.to_string()),
@@ -154,11 +150,6 @@ async fn invoke(
             return finish(state, &f, &id, err.into_response(), received);
         }
     };
-    if !parts.headers.contains_key(header::HOST) {
-        parts
-            .headers
-            .insert(header::HOST, HeaderValue::from_static("localhost"));
-    }
 
     f.inflight.inc();
     let inflight = Inflight(f.inflight.clone());

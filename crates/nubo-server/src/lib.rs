@@ -114,9 +114,7 @@ pub async fn run(
     deploy::load_deployed(&state).await?;
     let reaper = tokio::spawn(live::reap_idle_instances(state.clone()));
 
-    let app = admin::router(state.clone())
-        .fallback(gateway::handle)
-        .with_state(state.clone());
+    let app = admin::router(state.clone()).with_state(state.clone());
     on_listening(addr, &state.token);
 
     let signal = shutdown.clone();
@@ -157,7 +155,7 @@ async fn serve(
         let (state, admin) = (state.clone(), admin.clone());
         async move {
             let path = req.uri().path();
-            if path.starts_with("/_nubo") || path.starts_with("/2015-03-31/") {
+            if path.starts_with("/_nubo") {
                 hyper::service::Service::call(&admin, req).await
             } else {
                 let req = req.map(axum::body::Body::new);

@@ -65,8 +65,6 @@ impl LiveFunction {
                 .env
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
-                .collect::<Vec<_>>()
-                .into_iter()
                 .chain([
                     ("NUBO_FUNCTION".to_string(), name.to_string()),
                     ("NUBO_REVISION".to_string(), revision.to_string()),

@@ -45,14 +45,12 @@ pub struct Metrics {
     pub inflight: Family<FunctionLabel, Gauge>,
     pub instances: Family<StateLabels, Gauge>,
     pub queue_depth: Family<FunctionLabel, Gauge>,
-    pub memory: Family<FunctionLabel, Gauge>,
     pub gb_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
 }
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("nubo");
-        let m = Metrics {
+        let mut m = Metrics {
             invocations: Family::default(),
             duration: Family::new_with_constructor(latency_histogram),
             cold_starts: Family::default(),
@@ -60,56 +58,50 @@ impl Metrics {
             inflight: Family::default(),
             instances: Family::default(),
             queue_depth: Family::default(),
-            memory: Family::default(),
             gb_seconds: Family::default(),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("nubo"),
         };
-        registry.register(
+        m.registry.register(
             "invocations",
             "Invocations by function and HTTP status",
             m.invocations.clone(),
         );
-        registry.register(
+        m.registry.register(
             "invocation_duration_seconds",
             "Time from request to response headers, per function",
             m.duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "cold_starts",
             "Instances started for a waiting request, by start mode",
             m.cold_starts.clone(),
         );
-        registry.register(
+        m.registry.register(
             "cold_start_duration_seconds",
             "Time a request waited for its instance to start, by start mode",
             m.cold_start_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "inflight_requests",
             "Requests being served now, per function",
             m.inflight.clone(),
         );
-        registry.register(
+        m.registry.register(
             "instances",
             "Instances by function and state (idle, busy, starting)",
             m.instances.clone(),
         );
-        registry.register(
+        m.registry.register(
             "queue_depth",
             "Requests waiting for an instance, per function",
             m.queue_depth.clone(),
         );
-        registry.register(
-            "function_memory_bytes",
-            "Linear memory held by idle wasm instances of the function",
-            m.memory.clone(),
-        );
-        registry.register(
+        m.registry.register(
             "usage_gb_seconds",
             "Memory limit in GB times invocation duration in seconds",
             m.gb_seconds.clone(),
         );
-        Metrics { registry, ..m }
+        m
     }
 
     pub fn encode(&self) -> String {
