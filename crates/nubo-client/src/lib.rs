@@ -118,6 +118,15 @@ impl Client {
             .await
     }
 
+    /// The per-instance view of a function.
+    pub async fn instances(&self, name: &str) -> Result<Value, ClientError> {
+        self.json(self.api(
+            reqwest::Method::GET,
+            &format!("/functions/{name}/instances"),
+        ))
+        .await
+    }
+
     pub async fn remove(&self, name: &str) -> Result<Value, ClientError> {
         self.json(self.api(reqwest::Method::DELETE, &format!("/functions/{name}")))
             .await

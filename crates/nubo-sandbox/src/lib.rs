@@ -1,7 +1,8 @@
 //! Sandboxes: one instance of a revision, started, fed requests, stopped.
 //!
-//! Today this is the `wasm` kind: `wasi:http` components on wasmtime with the component model,
-//! the pooling allocator, epoch-based timeouts and a per-instance memory limit. A guest failing
+//! Two kinds: `wasm` (`wasi:http` components on wasmtime with the component model, the pooling
+//! allocator, epoch-based timeouts and a per-instance memory limit) and `process` (unchanged
+//! HTTP servers in namespaces and a cgroup, started new, thawed, or forked from a seed). A guest failing
 //! is not an error of this crate: [`Outcome`] says how an invocation ended (ok, timeout, out of
 //! memory, trap) and the gateway maps it to a status.
 //!
@@ -9,6 +10,7 @@
 //! request, and gives back a response and an outcome.
 
 mod logs;
+pub mod process;
 mod wasm;
 
 pub use logs::{LogFn, LogRecord, LogStream};

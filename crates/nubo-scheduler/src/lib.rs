@@ -9,6 +9,12 @@
 //! This crate knows nothing of HTTP, SQL or what an instance is: `I` is whatever the sandbox
 //! returns. Instances are never created or destroyed here, only handed around.
 
+mod shared;
+pub use shared::{
+    MemberView, SharedDecision, SharedLease, SharedLimits, SharedPool, SharedRejected, SharedView,
+    StartFailed, Starter, decide_shared,
+};
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

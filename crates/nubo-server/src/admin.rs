@@ -3,6 +3,7 @@
 use crate::AppState;
 use crate::api_error::ApiError;
 use crate::deploy::{self, DeployRequest};
+use crate::live::{LiveFunction, Runner};
 use crate::metrics::StateLabels;
 use crate::routes::RouteTable;
 use crate::token::token_matches;
@@ -70,11 +71,12 @@ async fn require_token(State(state): State<S>, req: Request, next: Next) -> Resp
 async fn metrics(State(state): State<S>) -> Response {
     let table = state.table();
     for f in table.functions() {
-        let v = f.pool.view();
+        let c = counts(f);
         for (st, n) in [
-            ("idle", v.idle),
-            ("busy", v.serving()),
-            ("starting", v.starting),
+            ("idle", c.idle),
+            ("busy", c.busy),
+            ("starting", c.starting),
+            ("frozen", c.frozen),
         ] {
             state
                 .metrics
@@ -89,7 +91,7 @@ async fn metrics(State(state): State<S>) -> Response {
             .metrics
             .queue_depth
             .get_or_create(&f.label)
-            .set(v.waiting as i64);
+            .set(c.waiting as i64);
     }
     (
         [(
@@ -102,9 +104,9 @@ async fn metrics(State(state): State<S>) -> Response {
 }
 
 fn function_json(state: &AppState, table: &RouteTable, r: &FunctionRecord) -> Value {
-    let view = table
+    let c = table
         .function(&r.name)
-        .map(|f| f.pool.view())
+        .map(|f| counts(f))
         .unwrap_or_default();
     json!({
         "name": r.name,
@@ -114,7 +116,7 @@ fn function_json(state: &AppState, table: &RouteTable, r: &FunctionRecord) -> Va
         "digest": r.revision.digest,
         "url": format!("{}/fn/{}/", state.base_url, r.name),
         "routes": r.revision.spec.routes,
-        "instances": { "idle": view.idle, "busy": view.busy, "starting": view.starting, "waiting": view.waiting },
+        "instances": c.json(),
         "created_at": r.created_at,
         "updated_at": r.updated_at,
     })
@@ -194,21 +196,91 @@ async fn revisions(
     Ok(Json(json!({ "revisions": revs })))
 }
 
+/// Instance counts of a function, whatever its kind.
+#[derive(Default)]
+struct Counts {
+    idle: usize,
+    busy: usize,
+    starting: usize,
+    frozen: usize,
+    waiting: usize,
+}
+
+impl Counts {
+    fn json(&self) -> Value {
+        json!({ "idle": self.idle, "busy": self.busy, "starting": self.starting,
+                "frozen": self.frozen, "waiting": self.waiting })
+    }
+}
+
+fn counts(f: &LiveFunction) -> Counts {
+    match &f.runner {
+        Runner::Wasm(w) => {
+            let v = w.pool.view();
+            Counts {
+                idle: v.idle,
+                busy: v.serving(),
+                starting: v.starting,
+                frozen: 0,
+                waiting: v.waiting,
+            }
+        }
+        Runner::Process(app) => {
+            let v = app.pool.view();
+            let busy = app.pool.members().iter().filter(|m| m.inflight > 0).count();
+            Counts {
+                idle: v.ready - busy,
+                busy,
+                starting: v.starting,
+                frozen: app.frozen_count(),
+                waiting: v.waiting,
+            }
+        }
+    }
+}
+
 async fn instances(
     State(state): State<S>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let table = state.table();
     let f = table.function(&name).ok_or_else(|| no_function(&name))?;
-    let v = f.pool.view();
-    Ok(Json(json!({
+    let c = counts(f);
+    let mut out = json!({
         "function": f.name,
         "revision": f.revision,
-        "kind": "wasm",
-        "reuse": f.spec.reuse,
+        "kind": f.spec.kind,
         "max": f.spec.scale.max,
-        "counts": { "idle": v.idle, "busy": v.serving(), "starting": v.starting, "waiting": v.waiting },
-    })))
+        "counts": c.json(),
+        "instances": [],
+    });
+    match &f.runner {
+        Runner::Wasm(_) => out["reuse"] = json!(f.spec.reuse),
+        Runner::Process(app) => {
+            let mut rows = app.rows(false);
+            for old in state.draining.of(&f.name) {
+                rows.extend(old.rows(true));
+            }
+            out["instances"] = rows
+                .iter()
+                .map(|r| {
+                    json!({
+                        "id": r.id,
+                        "revision": r.revision,
+                        "state": r.state,
+                        "mode": r.mode,
+                        "inflight": r.inflight,
+                        "served": r.served,
+                        "cpu_seconds": r.cpu_seconds,
+                        "memory_bytes": r.memory_bytes,
+                        "age_seconds": r.age.as_secs_f64(),
+                        "start_ms": r.start_ms,
+                    })
+                })
+                .collect();
+        }
+    }
+    Ok(Json(out))
 }
 
 #[derive(Deserialize)]

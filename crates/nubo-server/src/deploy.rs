@@ -2,7 +2,8 @@
 
 use crate::AppState;
 use crate::api_error::ApiError;
-use crate::live::LiveFunction;
+use crate::app::AppRevision;
+use crate::live::{LiveFunction, Runner, WasmRunner};
 use crate::routes::RouteTable;
 use axum::http::StatusCode;
 use nubo_manifest::Kind;
@@ -74,34 +75,48 @@ async fn deploy_to_end(
     };
     for f in &manifest.functions {
         let at = format!("{}: functions.{}", req.file, f.name);
-        if f.spec.kind != Kind::Wasm {
-            return Err(ApiError::bad_request(
-                "kind_not_supported",
-                format!("{at}.kind: kind {} is not supported yet by this server; only wasm functions can be deployed", f.spec.kind),
-            )
-            .hint("deploy the wasm functions of this project, or wait for process and lambda support"));
-        }
-        if f.spec.memory.bytes() > state.runtime.max_memory() {
-            return Err(ApiError::bad_request(
-                "invalid_manifest",
-                format!(
-                    "{at}.memory: {} is above the largest wasm memory limit of this node (4Gi)",
-                    f.spec.memory
-                ),
-            ));
-        }
-        let path = f.spec.component.as_deref().unwrap_or_default();
-        let digest = req.artifacts.get(path).ok_or_else(|| {
-            ApiError::bad_request("missing_artifact", format!("{at}.component: no artifact digest was given for {path:?}"))
-                .hint("`nubo deploy` uploads artifacts for you; over the API, PUT the file to /_nubo/api/v1/blobs/<sha256> and map its path to the digest in `artifacts`")
+        let (key, artifact) = match f.spec.kind {
+            Kind::Wasm => {
+                if f.spec.memory.bytes() > state.runtime.max_memory() {
+                    return Err(ApiError::bad_request(
+                        "invalid_manifest",
+                        format!(
+                            "{at}.memory: {} is above the largest wasm memory limit of this node (4Gi)",
+                            f.spec.memory
+                        ),
+                    ));
+                }
+                ("component", f.spec.component.clone().unwrap_or_default())
+            }
+            Kind::Process => {
+                if let Err(why) = &state.process_host {
+                    return Err(ApiError::bad_request(
+                        "sandbox_unavailable",
+                        format!("{at}: this server cannot run process functions: {why}"),
+                    )
+                    .hint("run `nubo up` as root on Linux with cgroups (v1 or v2) mounted"));
+                }
+                ("dir", f.spec.dir.clone().unwrap_or_else(|| ".".into()))
+            }
+            Kind::Lambda => {
+                return Err(ApiError::bad_request(
+                    "kind_not_supported",
+                    format!("{at}.kind: kind lambda is not supported yet by this server"),
+                )
+                .hint("deploy the wasm and process functions of this project"));
+            }
+        };
+        let digest = req.artifacts.get(&artifact).ok_or_else(|| {
+            ApiError::bad_request("missing_artifact", format!("{at}.{key}: no artifact digest was given for {artifact:?}"))
+                .hint("`nubo deploy` uploads artifacts for you; over the API, PUT the file (for a dir: a tar of it) to /_nubo/api/v1/blobs/<sha256> and map its path to the digest in `artifacts`")
         })?;
         let digest = Digest::parse(digest).map_err(|e| {
-            ApiError::bad_request("invalid_digest", format!("artifacts.{path}: {e}"))
+            ApiError::bad_request("invalid_digest", format!("artifacts.{artifact}: {e}"))
         })?;
         if !state.store.blobs.contains(&digest) {
             return Err(ApiError::bad_request(
                 "missing_blob",
-                format!("{at}.component: the artifact {digest} has not been uploaded"),
+                format!("{at}.{key}: the artifact {digest} has not been uploaded"),
             )
             .hint("PUT it to /_nubo/api/v1/blobs/<sha256> first (`nubo deploy` does this)"));
         }
@@ -112,52 +127,77 @@ async fn deploy_to_end(
         });
     }
 
-    // One deploy at a time: the table rebuilt below must start from the table the store saw.
+    // One deploy at a time: the table rebuilt below must start from the table the store saw,
+    // and the revision numbers predicted below are the ones the commit will give.
     let _guard = state.deploy_lock.lock().await;
 
-    // Compile what is not running already, before anything is committed: a component that
-    // fails to compile fails the deploy and changes nothing.
+    // Everything that can fail runs before the commit: components compile, apps unpack and
+    // start their seed, `min` and `warm` instances. A failure changes nothing.
     let table = state.table();
+    let mut runners: HashMap<String, Runner> = HashMap::new();
+    let mut started: Vec<Arc<AppRevision>> = Vec::new();
     let mut components: HashMap<String, WasmComponent> = HashMap::new();
     for p in &plan.functions {
-        if components.contains_key(&p.digest) {
-            continue;
+        if let Some(current) = table.function(&p.name)
+            && current.digest == p.digest
+            && current.spec == p.spec
+        {
+            continue; // unchanged: keeps its live state
         }
-        if let Some(running) = table.functions().find(|f| f.component.digest() == p.digest) {
-            components.insert(p.digest.clone(), running.component.clone());
-            continue;
-        }
-        let runtime = state.runtime.clone();
-        let digest = Digest::parse(&p.digest).expect("checked above");
-        let blob = state.store.blobs.path(&digest);
-        let prepared = tokio::task::spawn_blocking(move || {
-            let bytes = std::fs::read(&blob)
-                .map_err(|e| nubo_sandbox::ComponentError::Cache(e.to_string()))?;
-            runtime.prepare(digest.as_str(), &bytes)
-        })
-        .await
-        .map_err(|e| ApiError::internal("compiling a component", e))?;
-        let component = prepared.map_err(|e| {
-            let path = p.spec.component.as_deref().unwrap_or_default();
-            ApiError::bad_request(
-                "invalid_component",
-                format!("{}: functions.{}.component ({path}): {e}", req.file, p.name),
-            )
-            .hint("nothing was deployed")
-        })?;
-        components.insert(p.digest.clone(), component);
+        let revision = next_revision(state, &p.name).await?;
+        let runner = match p.spec.kind {
+            Kind::Wasm => {
+                let component = match components.get(&p.digest) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = compile(state, &req.file, p, &table).await?;
+                        components.insert(p.digest.clone(), c.clone());
+                        c
+                    }
+                };
+                Runner::Wasm(WasmRunner::new(
+                    state, &p.name, revision, &p.spec, component,
+                ))
+            }
+            _ => match start_app(state, &req.file, p, revision).await {
+                Ok(app) => {
+                    started.push(app.clone());
+                    Runner::Process(app)
+                }
+                Err(e) => {
+                    for a in &started {
+                        a.retire();
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        runners.insert(p.name.clone(), runner);
     }
 
     let store = state.store.clone();
     let committed_plan = plan.clone();
-    let outcome = tokio::task::spawn_blocking(move || store.apply_deploy(&committed_plan))
+    let committed = tokio::task::spawn_blocking(move || store.apply_deploy(&committed_plan))
         .await
-        .map_err(|e| ApiError::internal("committing the deploy", e))?
-        .map_err(|e| match e {
-            DeployError::Store(e) => ApiError::internal("committing the deploy", e),
-            conflict => ApiError::new(StatusCode::CONFLICT, "conflict", conflict.to_string())
-                .hint("rename the function or route, or remove it from the other project first"),
-        })?;
+        .map_err(|e| ApiError::internal("committing the deploy", e))
+        .and_then(|r| {
+            r.map_err(|e| match e {
+                DeployError::Store(e) => ApiError::internal("committing the deploy", e),
+                conflict => ApiError::new(StatusCode::CONFLICT, "conflict", conflict.to_string())
+                    .hint(
+                        "rename the function or route, or remove it from the other project first",
+                    ),
+            })
+        });
+    let outcome = match committed {
+        Ok(o) => o,
+        Err(e) => {
+            for a in &started {
+                a.retire();
+            }
+            return Err(e);
+        }
+    };
 
     // Swap in the new table: unchanged functions keep their live state (and warm instances).
     let mut live: Vec<Arc<LiveFunction>> = table
@@ -171,28 +211,26 @@ async fn deploy_to_end(
             .iter()
             .find(|p| p.name == d.name)
             .expect("deployed functions come from the plan");
-        match table.function(&d.name) {
-            // Same revision number, artifact and spec: keep it live, with its warm instances.
-            // (Numbers alone are not enough: they start again after a function is removed.)
-            Some(current)
-                if current.revision == d.revision
-                    && current.component.digest() == p.digest
-                    && current.spec == p.spec =>
-            {
-                live.push(current.clone())
-            }
-            _ => live.push(LiveFunction::new(
+        match runners.remove(&d.name) {
+            None => live.push(
+                table
+                    .function(&d.name)
+                    .expect("unchanged functions are live")
+                    .clone(),
+            ),
+            Some(runner) => live.push(LiveFunction::new(
                 state,
                 &d.name,
                 &plan.project,
                 d.revision,
                 p.spec.clone(),
-                components[&p.digest].clone(),
+                &p.digest,
+                runner,
             )),
         }
     }
     state.set_table(RouteTable::new(live));
-    // Old revisions finish their in-flight requests on the instances they hold; idle ones go.
+    // Old revisions finish their in-flight requests on the instances they hold, then stop.
     for f in table.functions() {
         let replaced = outcome
             .functions
@@ -200,7 +238,7 @@ async fn deploy_to_end(
             .any(|d| d.name == f.name && d.revision != f.revision)
             || outcome.removed.contains(&f.name);
         if replaced {
-            drop(f.pool.drain_idle());
+            retire(state, f);
         }
     }
 
@@ -258,41 +296,66 @@ async fn remove_to_end(state: &Arc<AppState>, name: &str) -> Result<bool, ApiErr
         .collect();
     state.set_table(RouteTable::new(live));
     if let Some(f) = table.function(name) {
-        drop(f.pool.drain_idle());
+        retire(state, f);
     }
     Ok(existed)
 }
 
-/// At start: loads every deployed function's current revision (from the compiled cache).
+/// At start: loads every deployed function's current revision (from the compiled cache; apps
+/// start their seed, `min` and `warm` instances in the background).
 pub async fn load_deployed(state: &Arc<AppState>) -> anyhow::Result<()> {
     let store = state.store.clone();
     let records = tokio::task::spawn_blocking(move || store.functions()).await??;
     let mut live = Vec::new();
     let mut components: HashMap<String, WasmComponent> = HashMap::new();
     for r in records {
-        let component = match components.get(&r.revision.digest) {
-            Some(c) => c.clone(),
-            None => {
-                let runtime = state.runtime.clone();
-                let digest = r.revision.digest.clone();
-                let blob = match Digest::parse(&digest) {
-                    Ok(d) => state.store.blobs.path(&d),
-                    Err(e) => {
-                        tracing::error!("function {}: {e}", r.name);
-                        continue;
-                    }
+        let digest = r.revision.digest.clone();
+        let runner = match r.revision.spec.kind {
+            Kind::Wasm => {
+                let component = match components.get(&digest) {
+                    Some(c) => c.clone(),
+                    None => match load_component(state, &digest).await {
+                        Ok(c) => {
+                            components.insert(digest.clone(), c.clone());
+                            c
+                        }
+                        Err(e) => {
+                            tracing::error!(
+                                "function {} revision {} cannot be loaded: {e}",
+                                r.name,
+                                r.revision.number
+                            );
+                            continue;
+                        }
+                    },
                 };
-                match tokio::task::spawn_blocking(move || runtime.load(&digest, &blob)).await? {
-                    Ok(c) => {
-                        components.insert(r.revision.digest.clone(), c.clone());
-                        c
+                Runner::Wasm(WasmRunner::new(
+                    state,
+                    &r.name,
+                    r.revision.number,
+                    &r.revision.spec,
+                    component,
+                ))
+            }
+            _ => {
+                let planned = PlannedFunction {
+                    name: r.name.clone(),
+                    digest: digest.clone(),
+                    spec: r.revision.spec.clone(),
+                };
+                match build_app(state, &planned, r.revision.number).await {
+                    Ok(app) => {
+                        let a = app.clone();
+                        let name = r.name.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = a.prepare().await {
+                                tracing::error!("function {name}: {e}");
+                            }
+                        });
+                        Runner::Process(app)
                     }
                     Err(e) => {
-                        tracing::error!(
-                            "function {} revision {} cannot be loaded: {e}",
-                            r.name,
-                            r.revision.number
-                        );
+                        tracing::error!("function {} cannot be loaded: {e}", r.name);
                         continue;
                     }
                 }
@@ -304,9 +367,117 @@ pub async fn load_deployed(state: &Arc<AppState>) -> anyhow::Result<()> {
             &r.project,
             r.revision.number,
             r.revision.spec,
-            component,
+            &digest,
+            runner,
         ));
     }
     state.set_table(RouteTable::new(live));
     Ok(())
+}
+
+async fn load_component(state: &AppState, digest: &str) -> anyhow::Result<WasmComponent> {
+    let runtime = state.runtime.clone();
+    let blob = state
+        .store
+        .blobs
+        .path(&Digest::parse(digest).map_err(anyhow::Error::msg)?);
+    let d = digest.to_string();
+    Ok(tokio::task::spawn_blocking(move || runtime.load(&d, &blob)).await??)
+}
+
+/// Lets a replaced or removed revision finish its requests, then releases its instances.
+fn retire(state: &AppState, f: &LiveFunction) {
+    match &f.runner {
+        Runner::Wasm(w) => drop(w.pool.drain_idle()),
+        Runner::Process(app) => {
+            state.draining.add(app);
+            app.retire();
+        }
+    }
+}
+
+/// The number the commit will give a changed function (deploys are serialised).
+async fn next_revision(state: &AppState, name: &str) -> Result<i64, ApiError> {
+    let store = state.store.clone();
+    let n = name.to_string();
+    let revs = tokio::task::spawn_blocking(move || store.revisions(&n))
+        .await
+        .map_err(|e| ApiError::internal("reading revisions", e))?
+        .map_err(|e| ApiError::internal("reading revisions", e))?;
+    Ok(revs.iter().map(|r| r.number).max().unwrap_or(0) + 1)
+}
+
+/// Compiles a component (or reuses a running one with the same digest).
+async fn compile(
+    state: &AppState,
+    file: &str,
+    p: &PlannedFunction,
+    table: &RouteTable,
+) -> Result<WasmComponent, ApiError> {
+    if let Some(Runner::Wasm(w)) = table
+        .functions()
+        .find(|f| f.digest == p.digest)
+        .map(|f| &f.runner)
+    {
+        return Ok(w.component.clone());
+    }
+    let runtime = state.runtime.clone();
+    let digest = Digest::parse(&p.digest).expect("checked before");
+    let blob = state.store.blobs.path(&digest);
+    let prepared = tokio::task::spawn_blocking(move || {
+        let bytes =
+            std::fs::read(&blob).map_err(|e| nubo_sandbox::ComponentError::Cache(e.to_string()))?;
+        runtime.prepare(digest.as_str(), &bytes)
+    })
+    .await
+    .map_err(|e| ApiError::internal("compiling a component", e))?;
+    prepared.map_err(|e| {
+        let path = p.spec.component.as_deref().unwrap_or_default();
+        ApiError::bad_request(
+            "invalid_component",
+            format!("{file}: functions.{}.component ({path}): {e}", p.name),
+        )
+        .hint("nothing was deployed")
+    })
+}
+
+/// Unpacks an app, checks its command, and starts what must run before traffic moves.
+async fn start_app(
+    state: &Arc<AppState>,
+    file: &str,
+    p: &PlannedFunction,
+    revision: i64,
+) -> Result<Arc<AppRevision>, ApiError> {
+    let app = build_app(state, p, revision).await.map_err(|e| {
+        ApiError::bad_request("invalid_app", format!("{file}: functions.{}: {e}", p.name))
+            .hint("nothing was deployed")
+    })?;
+    if let Err(e) = app.prepare().await {
+        app.retire();
+        return Err(ApiError::bad_request(
+            "app_start_failed",
+            format!("{file}: functions.{}: {e}", p.name),
+        )
+        .hint("nothing was deployed and the running revision still serves; run the app locally with PORT set to see it start"));
+    }
+    Ok(app)
+}
+
+async fn build_app(
+    state: &Arc<AppState>,
+    p: &PlannedFunction,
+    revision: i64,
+) -> Result<Arc<AppRevision>, String> {
+    let host = state.process_host.as_ref().map_err(|e| e.clone())?;
+    let digest = Digest::parse(&p.digest).map_err(|e| e.to_string())?;
+    let blob = state.store.blobs.path(&digest);
+    let apps = state.apps_dir.clone();
+    let d = p.digest.clone();
+    let dir = tokio::task::spawn_blocking(move || crate::app_files::unpack(&blob, &apps, &d))
+        .await
+        .map_err(|e| e.to_string())??;
+    let app = AppRevision::new(state, host, &p.name, revision, &p.spec, dir);
+    crate::app_files::check_command(&app.spec.dir, &app.spec.command)
+        .map_err(|e| format!("command: {e}"))?;
+    Ok(app)
 }

@@ -4,8 +4,10 @@
 
 use crate::AppState;
 use crate::api_error::ApiError;
-use crate::live::LiveFunction;
+use crate::app::AppRevision;
+use crate::live::{LiveFunction, Runner};
 use crate::metrics::StatusLabels;
+use crate::proxy;
 use crate::routes::Lookup;
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -14,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use nubo_sandbox::Outcome;
-use nubo_scheduler::Rejected;
+use nubo_sandbox::process::ProcessInstance;
+use nubo_scheduler::{Rejected, SharedRejected};
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -153,7 +156,28 @@ async fn invoke(
 
     f.inflight.inc();
     let inflight = Inflight(f.inflight.clone());
-    let mut lease = match f.pool.acquire().await {
+    match &f.runner {
+        Runner::Wasm(_) => invoke_wasm(state, f, parts, body, id, received, inflight).await,
+        Runner::Process(app) => {
+            let app = app.clone();
+            invoke_process(state, f, &app, parts, body, id, received, inflight).await
+        }
+    }
+}
+
+async fn invoke_wasm(
+    state: &Arc<AppState>,
+    f: Arc<LiveFunction>,
+    parts: http::request::Parts,
+    body: Bytes,
+    id: String,
+    received: Instant,
+    inflight: Inflight,
+) -> Response {
+    let Runner::Wasm(w) = &f.runner else {
+        unreachable!("called for wasm functions only")
+    };
+    let mut lease = match w.pool.acquire().await {
         Ok(l) => l,
         Err(rejected) => {
             return finish(
@@ -174,7 +198,7 @@ async fn invoke(
             // A component whose start-up never ends is stopped like a request that never ends.
             let result = tokio::time::timeout(
                 f.spec.timeout.to_std(),
-                f.component.instantiate(&instance_id, &f.config),
+                w.component.instantiate(&instance_id, &w.config),
             )
             .await
             .unwrap_or(Err(Outcome::Timeout));
@@ -243,6 +267,143 @@ async fn invoke(
     );
     h.insert("server-timing", header_value(&timing));
     finish(state, &f, &id, resp, received)
+}
+
+/// A request to a process app: a share of the least-loaded instance, proxied over loopback.
+#[allow(clippy::too_many_arguments)]
+async fn invoke_process(
+    state: &Arc<AppState>,
+    f: Arc<LiveFunction>,
+    app: &Arc<AppRevision>,
+    parts: http::request::Parts,
+    body: Bytes,
+    id: String,
+    received: Instant,
+    inflight: Inflight,
+) -> Response {
+    let lease = match app.pool.acquire().await {
+        Ok(l) => l,
+        Err(SharedRejected::Limit(r)) => {
+            return finish(state, &f, &id, rejection(&f, r).into_response(), received);
+        }
+        Err(SharedRejected::StartFailed(why)) => {
+            let err = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "start_failed",
+                format!("no instance of function {} could start: {}", f.name, why.0),
+            )
+            .hint(format!("see `nubo logs {}`", f.name));
+            return finish(state, &f, &id, err.into_response(), received);
+        }
+    };
+    let instance = lease.instance().clone();
+    let (queued, fresh) = (lease.waited(), lease.fresh());
+    let req = match proxy::request(parts, body, instance.port, &id) {
+        Ok(r) => r,
+        Err(e) => {
+            let err = ApiError::bad_request("bad_request", format!("invalid request: {e}"));
+            return finish(state, &f, &id, err.into_response(), received);
+        }
+    };
+    let exec_started = Instant::now();
+    let answer = tokio::time::timeout(f.spec.timeout.to_std(), state.proxy.request(req)).await;
+    let secs = exec_started.elapsed().as_secs_f64();
+    f.gb_seconds.inc_by(f.gb * secs);
+    let mut resp = match answer {
+        Ok(Ok(resp)) => {
+            proxy::response(resp).map(|b| Body::new(proxy::Holding::new(b, (lease, inflight))))
+        }
+        Ok(Err(e)) => {
+            drop(lease);
+            app_failure(state, &f, app, &instance, &id, &e).await
+        }
+        Err(_) => {
+            drop(lease);
+            let text = format!(
+                "invocation timed out after {} (the instance keeps serving its other requests)",
+                f.spec.timeout
+            );
+            state
+                .logs
+                .line(&f.name, "nubo", Some(&instance.id), Some(&id), text);
+            outcome_error(&f, &Outcome::Timeout).into_response()
+        }
+    };
+    let exec = exec_started.elapsed();
+    let h = resp.headers_mut();
+    h.insert("nubo-instance", header_value(&instance.id));
+    let (cold_ms, mode, queue_ms) = if fresh {
+        (ms(queued), instance.mode().as_str(), 0.0)
+    } else {
+        (0.0, "warm", ms(queued))
+    };
+    let timing = format!(
+        "cold;dur={cold_ms:.3};desc=\"{mode}\", queue;dur={queue_ms:.3}, exec;dur={:.3}",
+        ms(exec)
+    );
+    h.insert("server-timing", header_value(&timing));
+    finish(state, &f, &id, resp, received)
+}
+
+/// The instance failed to answer: it ended (crash, out of memory), or closed the connection.
+async fn app_failure(
+    state: &AppState,
+    f: &LiveFunction,
+    app: &Arc<AppRevision>,
+    instance: &Arc<ProcessInstance>,
+    id: &str,
+    error: &hyper_util::client::legacy::Error,
+) -> Response {
+    // The connection usually breaks a moment before the exit is seen.
+    let exit = tokio::time::timeout(Duration::from_millis(300), instance.wait_exit())
+        .await
+        .ok();
+    let (err, text) = match exit {
+        Some(exit) => {
+            app.pool.remove(instance);
+            if exit.oom {
+                (
+                    outcome_error(f, &Outcome::MemoryLimit),
+                    format!(
+                        "invocation failed: the instance ran out of memory (limit {}) and was killed",
+                        f.spec.memory
+                    ),
+                )
+            } else {
+                (
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "instance_crashed",
+                        format!(
+                            "the instance of function {} serving this request ended: {}",
+                            f.name, exit.status
+                        ),
+                    )
+                    .hint(format!(
+                        "see `nubo logs {}`; the next request starts a new instance",
+                        f.name
+                    )),
+                    format!("invocation failed: the instance ended ({})", exit.status),
+                )
+            }
+        }
+        None => (
+            ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "bad_gateway",
+                format!(
+                    "function {} closed the connection without an answer: {error}",
+                    f.name
+                ),
+            )
+            .hint(format!("see `nubo logs {}`", f.name)),
+            format!("invocation failed: no answer from the app ({error})"),
+        ),
+    };
+    state
+        .logs
+        .line(&f.name, "nubo", Some(&instance.id), Some(id), text);
+    err.into_response()
 }
 
 /// Reads and discards what is left of a refused body (up to a bound), so the client, which is

@@ -7,11 +7,14 @@
 
 mod admin;
 mod api_error;
+mod app;
+mod app_files;
 mod deploy;
 mod gateway;
 mod live;
 mod logs;
 mod metrics;
+mod proxy;
 mod routes;
 mod token;
 
@@ -35,6 +38,11 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// wasm instances that may exist at once on this node.
     pub max_wasm_instances: u32,
+    /// How long a process instance may take to stop after SIGTERM.
+    pub stop_grace: Duration,
+    /// The binary that runs as the process sandbox's init (`nubo __sandbox-init`); the
+    /// running executable when not set.
+    pub sandbox_init: Option<PathBuf>,
 }
 
 impl ServerOptions {
@@ -45,6 +53,8 @@ impl ServerOptions {
             body_limit: 6 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(10),
             max_wasm_instances: 1000,
+            stop_grace: Duration::from_secs(5),
+            sandbox_init: None,
         }
     }
 }
@@ -57,8 +67,17 @@ pub(crate) struct AppState {
     pub table: RwLock<Arc<RouteTable>>,
     /// Deploys and removals run one at a time, so table rebuilds never interleave.
     pub deploy_lock: tokio::sync::Mutex<()>,
-    pub metrics: metrics::Metrics,
+    pub metrics: Arc<metrics::Metrics>,
     pub logs: logs::LogWriter,
+    /// Why process functions cannot run here, when they cannot.
+    pub process_host: Result<app::ProcessHost, String>,
+    /// Unpacked apps, one directory per archive digest.
+    pub apps_dir: PathBuf,
+    /// Replaced process revisions still finishing requests.
+    pub draining: app::Draining,
+    pub stop_grace: Duration,
+    /// Pooled connections to process instances.
+    pub proxy: proxy::Client,
     pub token: String,
     pub base_url: String,
     pub body_limit: usize,
@@ -99,8 +118,17 @@ pub async fn run(
         .await
         .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
-    let metrics = metrics::Metrics::new();
+    let metrics = Arc::new(metrics::Metrics::new());
+    let process_host = process_host(&opts);
+    if let Err(why) = &process_host {
+        tracing::warn!("process functions are not available: {why}");
+    }
     let state = Arc::new(AppState {
+        process_host,
+        apps_dir: opts.data_dir.join("apps"),
+        draining: app::Draining::default(),
+        stop_grace: opts.stop_grace,
+        proxy: proxy::client(),
         logs: logs::LogWriter::start(store.clone()),
         store,
         runtime,
@@ -127,12 +155,35 @@ pub async fn run(
     // Drop idle instances first: their last partial output lines reach the log on drop.
     let table = state.table();
     state.set_table(RouteTable::default());
+    let mut apps = Vec::new();
     for f in table.functions() {
-        drop(f.pool.drain_idle());
+        match &f.runner {
+            live::Runner::Wasm(w) => drop(w.pool.drain_idle()),
+            live::Runner::Process(a) => apps.push(a.clone()),
+        }
     }
+    futures::future::join_all(apps.iter().map(|a| a.stop_all())).await;
     drop(table);
     state.logs.flush().await;
     Ok(())
+}
+
+/// Process functions need root, cgroups and the sandbox init binary.
+fn process_host(opts: &ServerOptions) -> Result<app::ProcessHost, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the server does not run as root (namespaces and cgroups need it)".into());
+    }
+    let cgroups = nubo_sandbox::process::Cgroups::detect()?;
+    cgroups.clean_stale();
+    let init_exe = match &opts.sandbox_init {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().map_err(|e| format!("finding the nubo binary: {e}"))?,
+    };
+    Ok(app::ProcessHost {
+        cgroups: Arc::new(cgroups),
+        init_exe,
+    })
 }
 
 /// Accepts HTTP/1.1 connections until `shutdown`, then lets open ones finish up to `grace`.

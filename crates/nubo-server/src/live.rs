@@ -1,7 +1,8 @@
-//! A deployed function as the request path sees it: its current revision, compiled and
-//! pre-linked, with the pool of its instances.
+//! A deployed function as the request path sees it: its current revision with the pool of its
+//! instances (a compiled, pre-linked component for wasm; an [`AppRevision`] for processes).
 
 use crate::AppState;
+use crate::app::AppRevision;
 use crate::metrics::{FunctionLabel, ModeLabels, StatusLabels, function_label};
 use nubo_manifest::FunctionSpec;
 use nubo_sandbox::{InstanceConfig, LogRecord, WasmComponent, WasmInstance};
@@ -18,9 +19,9 @@ pub struct LiveFunction {
     pub project: String,
     pub revision: i64,
     pub spec: FunctionSpec,
-    pub component: WasmComponent,
-    pub pool: Arc<Pool<WasmInstance>>,
-    pub config: InstanceConfig,
+    /// The artifact (component or app archive).
+    pub digest: String,
+    pub runner: Runner,
     /// Memory limit in GB, for usage.
     pub gb: f64,
     next_instance: AtomicU64,
@@ -34,15 +35,25 @@ pub struct LiveFunction {
     pub ok: Counter,
 }
 
-impl LiveFunction {
+pub enum Runner {
+    Wasm(WasmRunner),
+    Process(Arc<AppRevision>),
+}
+
+pub struct WasmRunner {
+    pub component: WasmComponent,
+    pub pool: Arc<Pool<WasmInstance>>,
+    pub config: InstanceConfig,
+}
+
+impl WasmRunner {
     pub fn new(
         state: &AppState,
         name: &str,
-        project: &str,
         revision: i64,
-        spec: FunctionSpec,
+        spec: &FunctionSpec,
         component: WasmComponent,
-    ) -> Arc<LiveFunction> {
+    ) -> WasmRunner {
         let logs = state.logs.clone();
         let fname = name.to_string();
         let log = Arc::new(move |r: LogRecord| {
@@ -74,6 +85,24 @@ impl LiveFunction {
             reuse: spec.reuse,
             log,
         };
+        WasmRunner {
+            component,
+            pool,
+            config,
+        }
+    }
+}
+
+impl LiveFunction {
+    pub fn new(
+        state: &AppState,
+        name: &str,
+        project: &str,
+        revision: i64,
+        spec: FunctionSpec,
+        digest: &str,
+        runner: Runner,
+    ) -> Arc<LiveFunction> {
         let label = function_label(name);
         let mode = ModeLabels {
             function: name.to_string(),
@@ -86,9 +115,8 @@ impl LiveFunction {
             revision,
             gb: spec.memory.bytes() as f64 / (1u64 << 30) as f64,
             spec,
-            component,
-            pool,
-            config,
+            digest: digest.to_string(),
+            runner,
             next_instance: AtomicU64::new(1),
             duration: m.duration.get_or_create(&label).clone(),
             inflight: m.inflight.get_or_create(&label).clone(),
@@ -112,8 +140,8 @@ impl LiveFunction {
     }
 }
 
-/// Reclaims instances idle longer than their function's `scale.idle`, and refreshes the
-/// instance gauges.
+/// Reclaims instances idle longer than their function's `scale.idle`; keeps process functions'
+/// `min` started and `warm` frozen.
 pub async fn reap_idle_instances(state: Arc<AppState>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -121,7 +149,10 @@ pub async fn reap_idle_instances(state: Arc<AppState>) {
         let table = state.table();
         let now = Instant::now();
         for f in table.functions() {
-            drop(f.pool.reap(now));
+            match &f.runner {
+                Runner::Wasm(w) => drop(w.pool.reap(now)),
+                Runner::Process(app) => app.maintain(now),
+            }
         }
     }
 }

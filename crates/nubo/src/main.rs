@@ -78,15 +78,32 @@ enum Command {
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: i64,
     },
+    /// Live per-instance view: state, start mode, in-flight, CPU, memory, age
+    Top {
+        /// Only this function
+        function: Option<String>,
+        /// Print once and exit (always so with -o json)
+        #[arg(long)]
+        once: bool,
+        /// Seconds between redraws
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
     /// Create a starter project in DIR
     Init {
-        /// rust-wasm
+        /// rust-wasm, python-app or node-app
         template: String,
         dir: PathBuf,
     },
 }
 
 fn main() -> ExitCode {
+    // The process sandbox runs this binary as its init, before anything else starts (it must
+    // stay single-threaded until it forks).
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(nubo_sandbox::process::init::INIT_ARG) {
+        nubo_sandbox::process::init::main(&args[2..]);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -128,6 +145,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             follow,
             lines,
         } => inspect::logs(&target.client()?, &function, follow, lines, cli.output).await,
+        Command::Top {
+            function,
+            once,
+            interval,
+        } => {
+            top::run(
+                &target.client()?,
+                function.as_deref(),
+                once,
+                interval,
+                cli.output,
+            )
+            .await
+        }
         Command::Init { template, dir } => init::run(&template, &dir),
     }
 }

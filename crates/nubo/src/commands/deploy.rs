@@ -1,5 +1,6 @@
 //! `nubo deploy`: build, upload artifacts once by digest, deploy the manifest.
 
+use super::package;
 use anyhow::{Context as _, bail};
 use nubo_client::Client;
 use sha2::{Digest as _, Sha256};
@@ -42,27 +43,37 @@ pub async fn run(client: &Client, file: &Path) -> anyhow::Result<()> {
 
     let mut artifacts = BTreeMap::new();
     for f in &manifest.functions {
-        let Some(component) = &f.spec.component else {
-            continue;
+        // wasm: the component file; process and lambda: the app directory, packed.
+        let (key, bytes) = if let Some(component) = &f.spec.component {
+            let path = root.join(component);
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "{shown}: functions.{}.component: reading {}",
+                    f.name,
+                    path.display()
+                )
+            })?;
+            (component.clone(), bytes)
+        } else {
+            let dir = f.spec.dir.clone().unwrap_or_else(|| ".".into());
+            if artifacts.contains_key(&dir) {
+                continue;
+            }
+            let path = root.join(&dir);
+            let bytes = package::pack(&path)
+                .with_context(|| format!("{shown}: functions.{}.dir: packing {dir}", f.name))?;
+            (dir, bytes)
         };
-        if artifacts.contains_key(component) {
+        if artifacts.contains_key(&key) {
             continue;
         }
-        let path = root.join(component);
-        let bytes = std::fs::read(&path).with_context(|| {
-            format!(
-                "{shown}: functions.{}.component: reading {}",
-                f.name,
-                path.display()
-            )
-        })?;
         let digest = hex::encode(Sha256::digest(&bytes));
         if client.has_blob(&digest).await? {
-            eprintln!("{component}: already uploaded ({})", &digest[..12]);
+            eprintln!("{key}: already uploaded ({})", &digest[..12]);
         } else {
-            upload(client, component, &digest, bytes).await?;
+            upload(client, &key, &digest, bytes).await?;
         }
-        artifacts.insert(component.clone(), digest);
+        artifacts.insert(key, digest);
     }
 
     let out = client.deploy(&text, &shown, &artifacts).await?;

@@ -29,6 +29,53 @@ impl wasip2::exports::http::incoming_handler::Guest for Function {
 }
 "#;
 
+const PYTHON_APP: &str = r#""""A Flask app. Nubo runs it unchanged: as a plain process, or forked from a seed that
+imported it once (see `python:` in nubo.yaml)."""
+import os
+import uuid
+
+from flask import Flask, jsonify
+
+app = Flask(__name__)
+STARTED_AS = uuid.uuid4().hex  # module level: fresh in every instance, forked or not
+
+
+@app.get("/")
+def index():
+    return jsonify(message="Hello from Nubo!", instance=os.environ.get("NUBO_INSTANCE"),
+                   pid=os.getpid(), started_as=STARTED_AS)
+
+
+@app.get("/health")
+def health():
+    return "ok"
+
+
+if __name__ == "__main__":  # for running it yourself: PORT=8000 python3 app.py
+    app.run(host="127.0.0.1", port=int(os.environ.get("PORT", "8000")))
+"#;
+
+const NODE_APP: &str = r#"// A plain Node.js HTTP server. Nubo runs it unchanged: it only has to listen on $PORT.
+const http = require("http");
+
+const server = http.createServer((req, res) => {
+  if (req.url === "/health") {
+    res.end("ok");
+    return;
+  }
+  res.setHeader("content-type", "application/json");
+  res.end(JSON.stringify({
+    message: "Hello from Nubo!",
+    instance: process.env.NUBO_INSTANCE,
+    pid: process.pid,
+    path: req.url,
+  }));
+});
+
+server.listen(Number(process.env.PORT || 8000), "127.0.0.1");
+process.on("SIGTERM", () => server.close(() => process.exit(0)));
+"#;
+
 pub fn run(template: &str, dir: &Path) -> anyhow::Result<()> {
     let name = dir
         .file_name()
@@ -67,7 +114,30 @@ pub fn run(template: &str, dir: &Path) -> anyhow::Result<()> {
                 (".gitignore", "/target\n".to_string()),
             ]
         }
-        other => bail!("unknown template {other:?}: available templates: rust-wasm"),
+        "python-app" => vec![
+            ("app.py", PYTHON_APP.to_string()),
+            ("requirements.txt", "flask>=2\n".to_string()),
+            (".nuboignore", "__pycache__/\n*.pyc\n.venv/\n".to_string()),
+            (
+                "nubo.yaml",
+                format!(
+                    "project: {name}\nfunctions:\n  {name}:\n    kind: process\n    # New instances fork from a seed that imported app.py once (milliseconds).\n    python: {{ wsgi: \"app:app\" }}\n    ready: /health\n    memory: 256Mi\n    concurrency: 16\n    scale: {{ max: 10, idle: 5m }}\n    routes:\n      - path: /{name}/*\n"
+                ),
+            ),
+        ],
+        "node-app" => vec![
+            ("server.js", NODE_APP.to_string()),
+            (".nuboignore", "node_modules/.cache/\n".to_string()),
+            (
+                "nubo.yaml",
+                format!(
+                    "project: {name}\nfunctions:\n  {name}:\n    kind: process\n    command: [node, server.js]\n    ready: /health\n    memory: 256Mi\n    # One instance started and frozen ahead of time: scale-out thaws it.\n    warm: 1\n    scale: {{ max: 10, idle: 5m }}\n    routes:\n      - path: /{name}/*\n"
+                ),
+            ),
+        ],
+        other => bail!(
+            "unknown template {other:?}: available templates: rust-wasm, python-app, node-app"
+        ),
     };
     for (path, text) in files {
         let p = dir.join(path);
@@ -78,7 +148,11 @@ pub fn run(template: &str, dir: &Path) -> anyhow::Result<()> {
         std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
     }
     println!("created {} ({template}). Next:", dir.display());
-    println!("  rustup target add wasm32-wasip2   # once");
+    match template {
+        "rust-wasm" => println!("  rustup target add wasm32-wasip2   # once"),
+        "python-app" => println!("  pip install flask   # on the server, once"),
+        _ => {}
+    }
     println!("  cd {} && nubo deploy", dir.display());
     Ok(())
 }

@@ -2,4 +2,6 @@ pub mod deploy;
 pub mod init;
 pub mod inspect;
 pub mod invoke;
+pub mod package;
+pub mod top;
 pub mod up;

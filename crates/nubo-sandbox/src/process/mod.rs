@@ -1,0 +1,418 @@
+//! The `process` kind: an unchanged HTTP server in namespaces and a cgroup of its own.
+//!
+//! An instance starts in one of three ways, reported as its [`StartMode`]:
+//! - `new`: the server runs its own binary as the sandbox init ([`init`]), which starts the
+//!   app's command;
+//! - `fork`: a seed process that imported a Python WSGI/ASGI app once forks a child serving on
+//!   its own port ([`seed`]);
+//! - `thaw`: an instance started earlier and frozen with the cgroup freezer is thawed.
+//!
+//! Whatever the mode, an instance is a port on 127.0.0.1 plus a cgroup; the server proxies
+//! requests to the port and reads CPU and memory from the cgroup.
+
+mod cgroup;
+pub mod init;
+mod logs;
+mod seed;
+
+pub use cgroup::{Cgroup, Cgroups, Limits};
+pub use seed::{PythonApp, Seed};
+
+use crate::LogFn;
+use logs::{StderrTail, pump};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::sync::watch;
+
+/// How an instance came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartMode {
+    New,
+    Fork,
+    Thaw,
+}
+
+impl StartMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StartMode::New => "new",
+            StartMode::Fork => "fork",
+            StartMode::Thaw => "thaw",
+        }
+    }
+}
+
+/// Everything needed to start instances of one revision.
+pub struct AppSpec {
+    pub function: String,
+    pub revision: i64,
+    /// The unpacked, read-only app directory.
+    pub dir: PathBuf,
+    pub command: Vec<String>,
+    /// The function's `env` plus Nubo's variables (`PORT` and `NUBO_INSTANCE` are added per
+    /// instance).
+    pub env: Vec<(String, String)>,
+    pub limits: Limits,
+    /// Readiness probe path; `None` is a TCP connect.
+    pub ready: Option<String>,
+    pub start_timeout: Duration,
+    /// Let KSM merge identical pages (instances kept frozen).
+    pub ksm: bool,
+    pub log: LogFn,
+    pub cgroups: Arc<Cgroups>,
+    /// The `nubo` binary, run as the sandbox init.
+    pub init_exe: PathBuf,
+}
+
+/// Size of each instance's private `/tmp` (charged to its memory limit as it fills).
+fn tmp_size(limits: &Limits) -> u64 {
+    limits.memory / 2
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exit {
+    /// `exited with status 1`, `killed by signal 9`, ...
+    pub status: String,
+    /// The kernel killed a process of the instance for want of memory.
+    pub oom: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Ready,
+    Frozen,
+    Stopping,
+}
+
+/// A start that did not end with a ready instance.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(pub String);
+
+pub struct ProcessInstance {
+    pub id: Arc<str>,
+    pub revision: i64,
+    pub port: u16,
+    mode: AtomicU8,
+    created: Instant,
+    /// How long the start took (for thawed ones: the thaw).
+    start_took: Mutex<Duration>,
+    cgroup: Arc<Cgroup>,
+    state: AtomicU8,
+    exit: Arc<watch::Sender<Option<Exit>>>,
+    /// The sandbox init, for `new` instances (forked ones are signalled through the cgroup).
+    pid: Option<u32>,
+}
+
+impl ProcessInstance {
+    pub fn mode(&self) -> StartMode {
+        match self.mode.load(Ordering::Relaxed) {
+            1 => StartMode::Fork,
+            2 => StartMode::Thaw,
+            _ => StartMode::New,
+        }
+    }
+
+    fn set_mode(&self, mode: StartMode) {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> State {
+        match self.state.load(Ordering::Relaxed) {
+            1 => State::Frozen,
+            2 => State::Stopping,
+            _ => State::Ready,
+        }
+    }
+
+    fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Relaxed);
+    }
+
+    pub fn age(&self) -> Duration {
+        self.created.elapsed()
+    }
+
+    pub fn start_took(&self) -> Duration {
+        *self.start_took.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn cpu_seconds(&self) -> f64 {
+        self.cgroup.cpu_seconds()
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        self.cgroup.memory_bytes()
+    }
+
+    /// `Some` once the instance has ended.
+    pub fn exited(&self) -> Option<Exit> {
+        self.exit.borrow().clone()
+    }
+
+    /// Waits until the instance ends.
+    pub async fn wait_exit(&self) -> Exit {
+        let mut rx = self.exit.subscribe();
+        loop {
+            if let Some(e) = rx.borrow_and_update().clone() {
+                return e;
+            }
+            if rx.changed().await.is_err() {
+                return Exit {
+                    status: "gone".into(),
+                    oom: false,
+                };
+            }
+        }
+    }
+
+    /// Freezes every process of the instance (blocking; run off the async threads).
+    pub fn freeze(&self) -> std::io::Result<()> {
+        self.cgroup.freeze()?;
+        self.set_state(State::Frozen);
+        Ok(())
+    }
+
+    /// Thaws a frozen instance; from now on it reports `thaw` as its start.
+    pub fn thaw(&self) -> std::io::Result<()> {
+        let t = Instant::now();
+        self.cgroup.thaw()?;
+        self.set_state(State::Ready);
+        self.set_mode(StartMode::Thaw);
+        *self.start_took.lock().unwrap_or_else(|p| p.into_inner()) = t.elapsed();
+        Ok(())
+    }
+
+    /// SIGTERM, up to `grace` to finish, then SIGKILL to every process left in the cgroup.
+    pub async fn stop(&self, grace: Duration) {
+        self.set_state(State::Stopping);
+        let _ = self.cgroup.thaw();
+        if self.exited().is_none() {
+            match self.pid {
+                // SAFETY: kill(2) on our own child.
+                Some(pid) => unsafe {
+                    libc::kill(pid as i32, libc::SIGTERM);
+                },
+                None => self.cgroup.signal(libc::SIGTERM),
+            }
+            let _ = tokio::time::timeout(grace, self.wait_exit()).await;
+        }
+        self.cgroup.kill();
+        self.cgroup.remove();
+    }
+}
+
+impl Drop for ProcessInstance {
+    fn drop(&mut self) {
+        // A safety net: whoever drops an instance without stopping it leaves nothing behind.
+        if !self.cgroup.pids().is_empty() {
+            self.cgroup.kill();
+        }
+        self.cgroup.remove();
+    }
+}
+
+/// A free port on 127.0.0.1, for the instance to listen on.
+fn free_port() -> std::io::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(c), _) if c > 128 => format!("killed by signal {}", c - 128),
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => "ended".into(),
+    }
+}
+
+impl AppSpec {
+    fn instance_env(&self, id: &str, port: u16) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = [
+            ("PATH", std::env::var("PATH").unwrap_or_default()),
+            ("HOME", "/tmp".to_string()),
+            ("LANG", "C.UTF-8".to_string()),
+            ("PYTHONUNBUFFERED", "1".to_string()),
+            ("PORT", port.to_string()),
+            ("NUBO_INSTANCE", id.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        env.extend(self.env.iter().cloned());
+        env
+    }
+
+    /// Starts a `new` instance; returns once it is ready.
+    pub async fn start_new(&self, id: &str) -> Result<ProcessInstance, StartError> {
+        self.start_sandboxed(id, &self.command, None, self.ready.as_deref())
+            .await
+    }
+
+    /// Runs `command` under the sandbox init, with `control` (if any) as its fd 3; ready when
+    /// `ready` answers (or, without a path, when $PORT accepts connections).
+    async fn start_sandboxed(
+        &self,
+        id: &str,
+        command: &[String],
+        control: Option<std::os::fd::RawFd>,
+        ready: Option<&str>,
+    ) -> Result<ProcessInstance, StartError> {
+        let started = Instant::now();
+        let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
+        let port = free_port().map_err(|e| fail("finding a free port", &e))?;
+        let cgroup = self
+            .cgroups
+            .create(id, &self.limits)
+            .map_err(|e| fail("creating the instance's cgroup", &e))?;
+        let args = init::InitArgs {
+            app: self.dir.clone(),
+            hostname: id.chars().take(63).collect(),
+            tmp_size: tmp_size(&self.limits),
+            cgroup_procs: cgroup.procs_files(),
+            ksm: self.ksm,
+            command: command.to_vec(),
+        };
+        let mut cmd = tokio::process::Command::new(&self.init_exe);
+        cmd.args(args.to_args())
+            .env_clear()
+            .envs(self.instance_env(id, port))
+            .current_dir(&self.dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        if let Some(fd) = control {
+            // SAFETY: dup2 is async-signal-safe; it leaves fd 3 open across exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(fd, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                cgroup.remove();
+                return Err(fail("starting the sandbox", &e));
+            }
+        };
+        let tail = StderrTail::default();
+        let iid: Arc<str> = id.into();
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, "stdout", iid.clone(), self.log.clone(), None));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(
+                err,
+                "stderr",
+                iid.clone(),
+                self.log.clone(),
+                Some(tail.clone()),
+            ));
+        }
+        let (exit_tx, _) = watch::channel(None);
+        let exit = Arc::new(exit_tx);
+        let instance = ProcessInstance {
+            id: iid,
+            revision: self.revision,
+            port,
+            mode: AtomicU8::new(StartMode::New as u8),
+            created: started,
+            start_took: Mutex::new(Duration::ZERO),
+            pid: child.id(),
+            cgroup: Arc::new(cgroup),
+            state: AtomicU8::new(State::Ready as u8),
+            exit: exit.clone(),
+        };
+        {
+            let exit = exit.clone();
+            let cgroup = instance.cgroup.clone();
+            tokio::spawn(async move {
+                let status = match child.wait().await {
+                    Ok(s) => describe(s),
+                    Err(e) => format!("could not be waited for: {e}"),
+                };
+                exit.send_replace(Some(Exit {
+                    status,
+                    oom: cgroup.oom_kills() > 0,
+                }));
+            });
+        }
+        self.wait_ready(&instance, &tail, ready).await?;
+        *instance
+            .start_took
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = started.elapsed();
+        Ok(instance)
+    }
+
+    /// Polls the readiness probe until it passes, the instance exits, or `start_timeout`.
+    async fn wait_ready(
+        &self,
+        i: &ProcessInstance,
+        tail: &StderrTail,
+        ready: Option<&str>,
+    ) -> Result<(), StartError> {
+        let deadline = Instant::now() + self.start_timeout;
+        let mut pause = Duration::from_micros(250);
+        loop {
+            if let Some(exit) = i.exited() {
+                return Err(StartError(format!(
+                    "the app {} before it was ready{}",
+                    exit.status,
+                    tail.render()
+                )));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt =
+                tokio::time::timeout(left.min(Duration::from_secs(2)), probe(i.port, ready));
+            if attempt.await == Ok(true) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let what = match ready {
+                    Some(p) => format!("GET {p} did not answer 2xx"),
+                    None => format!("nothing listened on 127.0.0.1:$PORT ({})", i.port),
+                };
+                return Err(StartError(format!(
+                    "the app was not ready within start_timeout ({:?}): {what}{}",
+                    self.start_timeout,
+                    tail.render()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
+/// One readiness check: a TCP connect, or `GET path` answering 2xx.
+pub async fn probe(port: u16, path: Option<&str>) -> bool {
+    let Ok(mut conn) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    let Some(path) = path else { return true };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if conn.write_all(req.as_bytes()).await.is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    let mut got = 0;
+    while got < head.len() {
+        match conn.read(&mut head[got..]).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got += n,
+        }
+    }
+    // `HTTP/1.x 2..`
+    head.starts_with(b"HTTP/1.") && head[9] == b'2'
+}

@@ -1,0 +1,185 @@
+# Nubo's Python seed: imports a WSGI/ASGI app once, then forks ready-to-serve instances.
+#
+#   python3 -c SEED serve wsgi|asgi module:attr   # a plain instance (the `new` start mode)
+#   python3 -c SEED seed  wsgi|asgi module:attr   # a seed, controlled over fd 3
+#
+# The seed listens on 127.0.0.1:$PORT once the app is imported: that is its readiness signal.
+# Control messages travel over fd 3 (a SOCK_SEQPACKET socket, one message per packet):
+#   nubo -> seed: "fork <port> <instance-id>" with two fds attached: the child's stdout, stderr
+#   seed -> nubo: "forked <instance-id> <pid>" and, whenever a child ends, "exit <pid> <status>"
+#
+# Fork safety: the seed imports the app (and so its libraries) once, then forgets the modules
+# that live in the app's own directory, so each child imports them again: module-level state
+# (ids, random values, connections) is fresh per instance, while third-party libraries stay
+# loaded and shared. Python's `random` re-seeds itself in a forked child. Threads do not
+# survive fork: an app that starts threads at import time is warned about.
+import gc, importlib, os, selectors, signal, socket, sys, threading
+
+MODE, KIND, TARGET = sys.argv[1], sys.argv[2], sys.argv[3]
+APP_DIR = os.getcwd()
+sys.path.insert(0, APP_DIR)
+
+
+def load():
+    module, _, attr = TARGET.partition(":")
+    mod = importlib.import_module(module)
+    app = mod
+    for part in (attr or "app").split("."):
+        app = getattr(app, part)
+    return app
+
+
+def own_modules():
+    """Modules loaded from the app's directory (the user's code)."""
+    out = []
+    for name, mod in list(sys.modules.items()):
+        f = getattr(mod, "__file__", None) or ""
+        if f.startswith(APP_DIR + os.sep):
+            out.append(name)
+    return out
+
+
+def serve(app, port):
+    if KIND == "asgi":
+        import uvicorn
+        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                      lifespan="off")).run()
+        return
+    try:
+        import logging
+        from werkzeug.serving import make_server
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        server = make_server("127.0.0.1", port, app, threaded=True)
+    except ImportError:
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server as mk
+
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+
+        class Quiet(WSGIRequestHandler):
+            def log_message(self, *a):
+                pass
+
+        server = mk("127.0.0.1", port, app, server_class=Server, handler_class=Quiet)
+    signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
+    server.serve_forever()
+
+
+def preload_server():
+    # Import the server code in the seed so children do not pay for it.
+    try:
+        if KIND == "asgi":
+            import uvicorn  # noqa: F401
+        else:
+            import werkzeug.serving  # noqa: F401
+    except ImportError:
+        import wsgiref.simple_server  # noqa: F401
+
+
+if MODE == "serve":
+    serve(load(), int(os.environ["PORT"]))
+    sys.exit(0)
+
+load()
+preload_server()
+if threading.active_count() > 1:
+    print("nubo seed: the app started threads while being imported; forked instances will "
+          "not have them", file=sys.stderr)
+for name in own_modules():
+    del sys.modules[name]
+gc.collect()
+gc.freeze()  # keeps the seed's objects out of the children's collections: pages stay shared
+
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", int(os.environ["PORT"])))
+listener.listen(4)
+
+wake_r, wake_w = os.pipe()
+os.set_blocking(wake_w, False)
+signal.set_wakeup_fd(wake_w)
+signal.signal(signal.SIGCHLD, lambda *a: None)
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+
+control = socket.socket(fileno=3)
+sel = selectors.DefaultSelector()
+sel.register(listener, selectors.EVENT_READ, "accept")
+sel.register(control, selectors.EVENT_READ, "control")
+sel.register(wake_r, selectors.EVENT_READ, "signal")
+
+
+def send(line):
+    try:
+        control.send(line.encode())
+    except OSError:
+        pass
+
+
+def fork(port, iid, out, err):
+    pid = os.fork()
+    if pid:
+        os.close(out)
+        os.close(err)
+        send(f"forked {iid} {pid}")
+        return
+    # The child: drop the seed's sockets and signal plumbing, then become an instance.
+    try:
+        signal.set_wakeup_fd(-1)
+        for s in (signal.SIGCHLD, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+        sel.close()
+        listener.close()
+        control.close()
+        os.close(wake_r)
+        os.close(wake_w)
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        os.close(out)
+        os.close(err)
+        os.environ["PORT"] = str(port)
+        os.environ["NUBO_INSTANCE"] = iid
+        serve(load(), port)
+        code = 0
+    except BaseException as e:  # noqa: BLE001 - anything here ends the child
+        import traceback
+        traceback.print_exc()
+        code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+while True:
+    for key, _ in sel.select():
+        if key.data == "accept":
+            # Readiness probes only: nothing to say.
+            c, _ = listener.accept()
+            c.close()
+        elif key.data == "signal":
+            try:
+                os.read(wake_r, 512)
+            except BlockingIOError:
+                pass
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                if os.WIFEXITED(status):
+                    what = f"exited with status {os.WEXITSTATUS(status)}"
+                else:
+                    what = f"killed by signal {os.WTERMSIG(status)}"
+                send(f"exit {pid} {what}")
+        else:
+            msg, fds, _, _ = socket.recv_fds(control, 1024, 2)
+            if not msg:
+                sys.exit(0)  # the server is gone
+            parts = msg.decode().split()
+            if len(parts) == 3 and parts[0] == "fork" and len(fds) == 2:
+                fork(int(parts[1]), parts[2], fds[0], fds[1])
+            else:
+                for fd in fds:
+                    os.close(fd)

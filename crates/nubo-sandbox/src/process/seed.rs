@@ -1,0 +1,290 @@
+//! The `fork` start mode: a seed process that imported a Python app once forks instances.
+//!
+//! The seed runs `seed.py` in a sandbox like any `new` instance, with one end of a
+//! `SOCK_SEQPACKET` socket pair as fd 3. For each instance the server sends
+//! `fork <port> <id>` with the write ends of two fresh pipes attached (`SCM_RIGHTS`): they
+//! become the child's stdout and stderr, so its lines reach the log under its own id. The seed
+//! answers `forked <id> <pid>` and later `exit <pid> <status>`. The server moves the child
+//! into its own cgroup (limits, freezer, figures) as soon as it knows the pid.
+//!
+//! Forked instances share the seed's mount, PID, IPC and UTS namespaces (creating new ones
+//! needs privileges the seed has dropped); they are isolated from every other revision and
+//! function, not from their siblings. See ARCHITECTURE.md.
+
+use super::logs::{StderrTail, pump};
+use super::{AppSpec, Exit, ProcessInstance, StartError, StartMode, State, free_port};
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+
+const SEED_PY: &str = include_str!("seed.py");
+
+/// `python: { wsgi | asgi: "module:attr" }` of the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PythonApp {
+    /// `wsgi` or `asgi`.
+    pub kind: &'static str,
+    pub target: String,
+}
+
+impl PythonApp {
+    /// The command of a plain (`new`) instance of this app.
+    pub fn serve_command(&self) -> Vec<String> {
+        self.command("serve")
+    }
+
+    fn command(&self, mode: &str) -> Vec<String> {
+        ["python3", "-c", SEED_PY, mode, self.kind, &self.target]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    }
+}
+
+type ExitSender = Arc<watch::Sender<Option<Exit>>>;
+
+struct Children {
+    /// Instance id -> where its pid goes.
+    pending: HashMap<String, oneshot::Sender<u32>>,
+    /// Pid (in the seed's namespace) -> how its end is reported.
+    running: HashMap<u32, (ExitSender, Arc<super::Cgroup>)>,
+}
+
+pub struct Seed {
+    /// The seed's own sandbox.
+    pub instance: ProcessInstance,
+    control: OwnedFd,
+    children: Arc<Mutex<Children>>,
+}
+
+impl Seed {
+    /// Starts the seed and waits until it has imported the app.
+    pub async fn start(spec: &AppSpec, app: &PythonApp, id: &str) -> Result<Seed, StartError> {
+        let (ours, theirs) = seqpacket_pair()
+            .map_err(|e| StartError(format!("creating the seed's control socket: {e}")))?;
+        let instance = spec
+            .start_sandboxed(id, &app.command("seed"), Some(theirs.as_raw_fd()), None)
+            .await?;
+        drop(theirs);
+        let children = Arc::new(Mutex::new(Children {
+            pending: HashMap::new(),
+            running: HashMap::new(),
+        }));
+        let reader = ours
+            .try_clone()
+            .map_err(|e| StartError(format!("cloning the seed's control socket: {e}")))?;
+        let c = children.clone();
+        std::thread::Builder::new()
+            .name(format!("seed-{id}"))
+            .spawn(move || read_control(reader, c))
+            .map_err(|e| StartError(format!("starting the seed reader: {e}")))?;
+        Ok(Seed {
+            instance,
+            control: ours,
+            children,
+        })
+    }
+
+    pub fn alive(&self) -> bool {
+        self.instance.exited().is_none()
+    }
+
+    /// Forks a new instance from the seed and waits until it is ready.
+    pub async fn fork(&self, spec: &AppSpec, id: &str) -> Result<ProcessInstance, StartError> {
+        let started = Instant::now();
+        let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
+        let port = free_port().map_err(|e| fail("finding a free port", &e))?;
+        let cgroup = Arc::new(
+            spec.cgroups
+                .create(id, &spec.limits)
+                .map_err(|e| fail("creating the instance's cgroup", &e))?,
+        );
+        let (out_r, out_w) = pipe().map_err(|e| fail("creating a pipe", &e))?;
+        let (err_r, err_w) = pipe().map_err(|e| fail("creating a pipe", &e))?;
+        let (tx, rx) = oneshot::channel();
+        self.lock().pending.insert(id.to_string(), tx);
+        let msg = format!("fork {port} {id}");
+        send_with_fds(
+            &self.control,
+            msg.as_bytes(),
+            &[out_w.as_raw_fd(), err_w.as_raw_fd()],
+        )
+        .map_err(|e| fail("asking the seed to fork", &e))?;
+        drop((out_w, err_w));
+        let iid: Arc<str> = id.into();
+        let tail = StderrTail::default();
+        tokio::spawn(pump(
+            tokio::fs::File::from_std(std::fs::File::from(out_r)),
+            "stdout",
+            iid.clone(),
+            spec.log.clone(),
+            None,
+        ));
+        tokio::spawn(pump(
+            tokio::fs::File::from_std(std::fs::File::from(err_r)),
+            "stderr",
+            iid.clone(),
+            spec.log.clone(),
+            Some(tail.clone()),
+        ));
+        let nspid = match tokio::time::timeout(spec.start_timeout, rx).await {
+            Ok(Ok(pid)) => pid,
+            _ => {
+                self.lock().pending.remove(id);
+                return Err(StartError("the seed did not fork in time".into()));
+            }
+        };
+        let (exit_tx, _) = watch::channel(None);
+        let exit = Arc::new(exit_tx);
+        self.lock()
+            .running
+            .insert(nspid, (exit.clone(), cgroup.clone()));
+        let instance = ProcessInstance {
+            id: iid,
+            revision: spec.revision,
+            port,
+            mode: AtomicU8::new(StartMode::Fork as u8),
+            created: started,
+            start_took: Mutex::new(Duration::ZERO),
+            cgroup,
+            state: AtomicU8::new(State::Ready as u8),
+            exit,
+            pid: None,
+        };
+        match self.host_pid(nspid) {
+            Some(pid) => instance
+                .cgroup
+                .add(pid)
+                .map_err(|e| fail("moving the instance into its cgroup", &e))?,
+            None => return Err(StartError("the forked instance ended at once".into())),
+        }
+        spec.wait_ready(&instance, &tail, spec.ready.as_deref())
+            .await?;
+        *instance
+            .start_took
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = started.elapsed();
+        Ok(instance)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Children> {
+        self.children.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The host pid of a process the seed knows as `nspid`: the one in the seed's cgroup whose
+    /// innermost `NSpid` matches.
+    fn host_pid(&self, nspid: u32) -> Option<u32> {
+        self.instance.cgroup.pids().into_iter().find_map(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
+            let inner: u32 = line.split_whitespace().last()?.parse().ok()?;
+            (inner == nspid).then_some(pid as u32)
+        })
+    }
+}
+
+/// Reads the seed's messages until it closes the socket (it ended).
+fn read_control(fd: OwnedFd, children: Arc<Mutex<Children>>) {
+    let mut buf = [0u8; 512];
+    loop {
+        // SAFETY: reading into a buffer we own.
+        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n <= 0 {
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        let line = String::from_utf8_lossy(&buf[..n as usize]).to_string();
+        let mut parts = line.trim().splitn(3, ' ');
+        let mut c = children.lock().unwrap_or_else(|p| p.into_inner());
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("forked"), Some(id), Some(pid)) => {
+                if let (Some(tx), Ok(pid)) = (c.pending.remove(id), pid.parse()) {
+                    let _ = tx.send(pid);
+                }
+            }
+            (Some("exit"), Some(pid), Some(status)) => {
+                if let Some((exit, cgroup)) = pid.parse().ok().and_then(|p| c.running.remove(&p)) {
+                    exit.send_replace(Some(Exit {
+                        status: status.to_string(),
+                        oom: cgroup.oom_kills() > 0,
+                    }));
+                }
+            }
+            _ => tracing::warn!("unexpected message from a seed: {line:?}"),
+        }
+    }
+    // The seed is gone, and with it every child (they lived in its PID namespace).
+    let mut c = children.lock().unwrap_or_else(|p| p.into_inner());
+    for (_, (exit, _)) in c.running.drain() {
+        exit.send_replace(Some(Exit {
+            status: "ended with its seed".into(),
+            oom: false,
+        }));
+    }
+    c.pending.clear();
+}
+
+fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: socketpair fills the two fds on success; we own them afterwards.
+    unsafe {
+        if libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        ) < 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills the two fds on success; we own them afterwards.
+    unsafe {
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// One message with file descriptors attached (`SCM_RIGHTS`).
+fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // SAFETY: msghdr points at live buffers sized by CMSG_SPACE; the cmsg header is written
+    // inside `control` through the CMSG_* helpers.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+        std::ptr::copy_nonoverlapping(
+            fds.as_ptr().cast::<u8>(),
+            libc::CMSG_DATA(cmsg),
+            std::mem::size_of_val(fds),
+        );
+        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,475 @@
+//! A deployed revision of a `process` function: its instances, how new ones start (thaw, then
+//! fork, then new), the frozen warm set, the seed, and its retirement after an update.
+
+use crate::AppState;
+use crate::logs::LogWriter;
+use crate::metrics::{Metrics, ModeLabels};
+use nubo_manifest::FunctionSpec;
+use nubo_sandbox::LogRecord;
+use nubo_sandbox::process::{
+    AppSpec, Cgroups, Limits, ProcessInstance, PythonApp, Seed, StartError, StartMode,
+};
+use nubo_scheduler::{SharedLimits, SharedPool};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+pub type Pool = SharedPool<ProcessInstance>;
+
+/// Instance numbers are unique per server, so cgroup names never collide (revision numbers
+/// start again when a function is removed and deployed anew).
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
+
+/// Processes (and threads) one instance may have: enough for a threaded server, too few for a
+/// fork bomb to hurt the host.
+const PIDS_MAX: u64 = 256;
+
+pub struct AppRevision {
+    pub function: String,
+    pub revision: i64,
+    pub spec: AppSpec,
+    pub pool: Arc<Pool>,
+    python: Option<PythonApp>,
+    seed: Mutex<Option<Arc<Seed>>>,
+    /// Started, ready, then frozen: thawed on scale-out.
+    frozen: Mutex<Vec<Arc<ProcessInstance>>>,
+    warm: usize,
+    /// Warm instances being started.
+    warming: AtomicUsize,
+    /// Instances being started: id -> (mode, since).
+    starting: Mutex<HashMap<Arc<str>, (StartMode, Instant)>>,
+    stop_grace: Duration,
+    logs: LogWriter,
+    metrics: Arc<Metrics>,
+}
+
+/// One row of the per-instance view.
+pub struct InstanceRow {
+    pub id: String,
+    pub revision: i64,
+    pub state: &'static str,
+    pub mode: &'static str,
+    pub inflight: usize,
+    pub served: u64,
+    pub cpu_seconds: f64,
+    pub memory_bytes: u64,
+    pub age: Duration,
+    pub start_ms: f64,
+}
+
+/// What the server needs to run process instances on this host.
+pub struct ProcessHost {
+    pub cgroups: Arc<Cgroups>,
+    /// The `nubo` binary (the sandbox init).
+    pub init_exe: PathBuf,
+}
+
+impl AppRevision {
+    /// The live state of one revision; nothing starts before [`AppRevision::prepare`].
+    pub fn new(
+        state: &AppState,
+        host: &ProcessHost,
+        function: &str,
+        revision: i64,
+        spec: &FunctionSpec,
+        dir: PathBuf,
+    ) -> Arc<AppRevision> {
+        let logs = state.logs.clone();
+        let fname = function.to_string();
+        let log = Arc::new(move |r: LogRecord| {
+            logs.line(
+                &fname,
+                r.stream,
+                Some(&r.instance),
+                r.invocation.as_deref(),
+                r.line,
+            )
+        });
+        let python = spec.python.as_ref().map(|p| match p {
+            nubo_manifest::PythonApp::Wsgi(t) => PythonApp {
+                kind: "wsgi",
+                target: t.clone(),
+            },
+            nubo_manifest::PythonApp::Asgi(t) => PythonApp {
+                kind: "asgi",
+                target: t.clone(),
+            },
+        });
+        let command = match (&python, spec.command.is_empty()) {
+            (Some(py), true) => py.serve_command(),
+            _ => spec.command.clone(),
+        };
+        let env = spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain([
+                ("NUBO_FUNCTION".to_string(), function.to_string()),
+                ("NUBO_REVISION".to_string(), revision.to_string()),
+            ])
+            .collect();
+        let app_spec = AppSpec {
+            function: function.to_string(),
+            revision,
+            dir,
+            command,
+            env,
+            limits: Limits {
+                memory: spec.memory.bytes(),
+                cpu: spec.cpu,
+                pids: PIDS_MAX,
+            },
+            ready: spec.ready.clone(),
+            start_timeout: spec.start_timeout.to_std(),
+            ksm: spec.warm > 0,
+            log,
+            cgroups: host.cgroups.clone(),
+            init_exe: host.init_exe.clone(),
+        };
+        let limits = SharedLimits {
+            max: spec.scale.max as usize,
+            concurrency: spec.concurrency.max(1) as usize,
+            queue: spec.scale.queue as usize,
+            queue_wait: spec.scale.queue_wait.to_std(),
+            idle: spec.scale.idle.to_std(),
+            min: spec.scale.min as usize,
+        };
+        let (warm, stop_grace) = (spec.warm as usize, state.stop_grace);
+        let (logs, metrics) = (state.logs.clone(), state.metrics.clone());
+        let spec = app_spec;
+        let pool = SharedPool::new(limits);
+        let app = Arc::new(AppRevision {
+            function: function.to_string(),
+            revision,
+            spec,
+            pool: pool.clone(),
+            python,
+            seed: Mutex::new(None),
+            frozen: Mutex::new(Vec::new()),
+            warm,
+            warming: AtomicUsize::new(0),
+            starting: Mutex::new(HashMap::new()),
+            stop_grace,
+            logs,
+            metrics,
+        });
+        let weak = Arc::downgrade(&app);
+        pool.set_starter(Box::new(move |pool| {
+            let (weak, pool) = (weak.clone(), pool.clone());
+            tokio::spawn(async move {
+                let Some(app) = weak.upgrade() else {
+                    pool.start_failed("the revision was replaced");
+                    return;
+                };
+                match app.start_instance().await {
+                    Ok(i) => pool.add(i),
+                    Err(e) => pool.start_failed(&e.0),
+                }
+            });
+        }));
+        app
+    }
+
+    fn log(&self, instance: Option<&str>, text: &str) {
+        for line in text.lines() {
+            self.logs
+                .line(&self.function, "nubo", instance, None, line.to_string());
+        }
+    }
+
+    fn next_id(&self) -> Arc<str> {
+        let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        format!("{}-r{}-{n:x}", self.function, self.revision).into()
+    }
+
+    fn seed(&self) -> Option<Arc<Seed>> {
+        lock(&self.seed).clone().filter(|s| s.alive())
+    }
+
+    /// Before traffic moves here: the seed, `scale.min` started instances and `warm` frozen
+    /// ones. An error (the app does not start) fails the deploy.
+    pub async fn prepare(self: &Arc<Self>) -> Result<(), StartError> {
+        if let Some(py) = &self.python {
+            let id = format!("{}-r{}-seed", self.function, self.revision);
+            let seed = Seed::start(&self.spec, py, &id).await.map_err(|e| {
+                StartError(format!(
+                    "the Python seed (importing {}) failed: {e}",
+                    py.target
+                ))
+            })?;
+            *lock(&self.seed) = Some(Arc::new(seed));
+        }
+        let min = self.pool.limits().min.min(self.pool.limits().max);
+        let mut started = Vec::new();
+        for _ in 0..min {
+            started.push(self.start_instance());
+        }
+        for r in futures::future::join_all(started).await {
+            self.pool.insert(r?);
+        }
+        let mut warm = Vec::new();
+        for _ in 0..self.warm {
+            warm.push(self.start_frozen());
+        }
+        for r in futures::future::join_all(warm).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Starts one instance that will serve: thaw a frozen one, else fork, else new.
+    pub async fn start_instance(self: &Arc<Self>) -> Result<Arc<ProcessInstance>, StartError> {
+        if let Some(i) = self.thaw_one() {
+            self.refill_warm();
+            return Ok(i);
+        }
+        self.start_fresh().await
+    }
+
+    /// A fork or a new start, counted and watched.
+    async fn start_fresh(self: &Arc<Self>) -> Result<Arc<ProcessInstance>, StartError> {
+        let id = self.next_id();
+        let seed = self.seed();
+        let mode = if seed.is_some() {
+            StartMode::Fork
+        } else {
+            StartMode::New
+        };
+        lock(&self.starting).insert(id.clone(), (mode, Instant::now()));
+        let result = match &seed {
+            Some(s) => s.fork(&self.spec, &id).await,
+            None => self.spec.start_new(&id).await,
+        };
+        lock(&self.starting).remove(&id);
+        match result {
+            Ok(i) => {
+                let i = Arc::new(i);
+                self.count_start(&i);
+                self.watch_exit(&i);
+                Ok(i)
+            }
+            Err(e) => {
+                self.log(
+                    Some(&id),
+                    &format!("instance failed to start ({}): {e}", mode.as_str()),
+                );
+                Err(e)
+            }
+        }
+    }
+
+    fn count_start(&self, i: &ProcessInstance) {
+        let labels = ModeLabels {
+            function: self.function.clone(),
+            mode: i.mode().as_str().into(),
+        };
+        let took = i.start_took();
+        self.metrics.cold_starts.get_or_create(&labels).inc();
+        self.metrics
+            .cold_start_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// When an instance ends on its own, it leaves the pool and the log says why.
+    fn watch_exit(self: &Arc<Self>, i: &Arc<ProcessInstance>) {
+        let (weak, i) = (Arc::downgrade(self), i.clone());
+        tokio::spawn(async move {
+            let exit = i.wait_exit().await;
+            let Some(app) = weak.upgrade() else { return };
+            app.pool.remove(&i);
+            lock(&app.frozen).retain(|f| !Arc::ptr_eq(f, &i));
+            if i.state() != nubo_sandbox::process::State::Stopping {
+                let why = if exit.oom {
+                    format!(
+                        "instance ended: {} (out of memory: limit {} bytes)",
+                        exit.status, app.spec.limits.memory
+                    )
+                } else {
+                    format!("instance ended: {}", exit.status)
+                };
+                app.log(Some(&i.id), &why);
+            }
+            // The cgroup may still hold stray processes; nothing of it outlives the instance.
+            i.stop(Duration::ZERO).await;
+        });
+    }
+
+    fn thaw_one(&self) -> Option<Arc<ProcessInstance>> {
+        loop {
+            let i = lock(&self.frozen).pop()?;
+            if i.exited().is_some() {
+                continue;
+            }
+            match i.thaw() {
+                Ok(()) => {
+                    self.count_start(&i);
+                    return Some(i);
+                }
+                Err(e) => {
+                    self.log(Some(&i.id), &format!("thawing failed: {e}"));
+                    let i2 = i.clone();
+                    tokio::spawn(async move { i2.stop(Duration::ZERO).await });
+                }
+            }
+        }
+    }
+
+    /// Starts, then freezes, one instance for the warm set.
+    async fn start_frozen(self: &Arc<Self>) -> Result<(), StartError> {
+        self.warming.fetch_add(1, Ordering::SeqCst);
+        let result = self.start_fresh().await;
+        let result = match result {
+            Ok(i) => {
+                let i2 = i.clone();
+                match tokio::task::spawn_blocking(move || i2.freeze()).await {
+                    Ok(Ok(())) => {
+                        lock(&self.frozen).push(i);
+                        Ok(())
+                    }
+                    Ok(Err(e)) => {
+                        i.stop(Duration::ZERO).await;
+                        Err(StartError(format!("freezing the instance failed: {e}")))
+                    }
+                    Err(e) => Err(StartError(format!("freezing the instance failed: {e}"))),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        self.warming.fetch_sub(1, Ordering::SeqCst);
+        result
+    }
+
+    /// Tops the warm set up in the background.
+    fn refill_warm(self: &Arc<Self>) {
+        let short = self
+            .warm
+            .saturating_sub(lock(&self.frozen).len() + self.warming.load(Ordering::SeqCst));
+        for _ in 0..short {
+            let app = self.clone();
+            tokio::spawn(async move {
+                let _ = app.start_frozen().await;
+            });
+        }
+    }
+
+    /// Periodic upkeep: reclaim idle instances, keep `min` started and `warm` frozen.
+    pub fn maintain(self: &Arc<Self>, now: Instant) {
+        for i in self.pool.reap(now) {
+            let grace = self.stop_grace;
+            tokio::spawn(async move { i.stop(grace).await });
+        }
+        self.pool.top_up();
+        self.refill_warm();
+    }
+
+    /// A newer revision took over: serve what is queued, then stop everything once quiet.
+    pub fn retire(self: &Arc<Self>) {
+        self.pool.close();
+        let app = self.clone();
+        tokio::spawn(async move {
+            for i in std::mem::take(&mut *lock(&app.frozen)) {
+                tokio::spawn(async move { i.stop(Duration::ZERO).await });
+            }
+            let instances = loop {
+                if let Some(all) = app.pool.drain_if_quiet() {
+                    break all;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            let grace = app.stop_grace;
+            futures::future::join_all(instances.iter().map(|i| i.stop(grace))).await;
+            let seed = lock(&app.seed).take();
+            if let Some(s) = seed {
+                s.instance.stop(grace).await;
+            }
+        });
+    }
+
+    /// At shutdown: stop every instance now (requests have finished or timed out).
+    pub async fn stop_all(&self) {
+        self.pool.close();
+        let mut all: Vec<Arc<ProcessInstance>> = std::mem::take(&mut *lock(&self.frozen));
+        all.extend(self.pool.drain_if_quiet().unwrap_or_default());
+        futures::future::join_all(all.iter().map(|i| i.stop(Duration::from_secs(1)))).await;
+        let seed = lock(&self.seed).take();
+        if let Some(s) = seed {
+            s.instance.stop(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Every instance of this revision, for `instances` and `nubo top`.
+    pub fn rows(&self, draining: bool) -> Vec<InstanceRow> {
+        let mut rows = Vec::new();
+        let row = |i: &ProcessInstance, state, inflight, served| InstanceRow {
+            id: i.id.to_string(),
+            revision: self.revision,
+            state,
+            mode: i.mode().as_str(),
+            inflight,
+            served,
+            cpu_seconds: i.cpu_seconds(),
+            memory_bytes: i.memory_bytes(),
+            age: i.age(),
+            start_ms: i.start_took().as_secs_f64() * 1000.0,
+        };
+        for m in self.pool.members() {
+            let state = if draining {
+                "draining"
+            } else if m.inflight > 0 {
+                "busy"
+            } else {
+                "ready"
+            };
+            rows.push(row(&m.instance, state, m.inflight, m.served));
+        }
+        for i in lock(&self.frozen).iter() {
+            rows.push(row(i, "frozen", 0, 0));
+        }
+        for (id, (mode, since)) in lock(&self.starting).iter() {
+            rows.push(InstanceRow {
+                id: id.to_string(),
+                revision: self.revision,
+                state: "starting",
+                mode: mode.as_str(),
+                inflight: 0,
+                served: 0,
+                cpu_seconds: 0.0,
+                memory_bytes: 0,
+                age: since.elapsed(),
+                start_ms: 0.0,
+            });
+        }
+        rows
+    }
+
+    pub fn frozen_count(&self) -> usize {
+        lock(&self.frozen).len()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Revisions replaced by a deploy, still finishing their requests.
+#[derive(Default)]
+pub struct Draining(Mutex<Vec<Weak<AppRevision>>>);
+
+impl Draining {
+    pub fn add(&self, app: &Arc<AppRevision>) {
+        let mut v = lock(&self.0);
+        v.retain(|w| w.strong_count() > 0);
+        v.push(Arc::downgrade(app));
+    }
+
+    pub fn of(&self, function: &str) -> Vec<Arc<AppRevision>> {
+        lock(&self.0)
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .filter(|a| a.function == function)
+            .collect()
+    }
+}
