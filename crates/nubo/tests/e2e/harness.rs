@@ -165,7 +165,11 @@ impl Server {
 
     /// `nubo deploy` of `yaml` with the given guests copied next to it; panics on failure.
     pub fn deploy(&self, yaml: &str, components: &[&str]) -> Project {
-        let p = Project::new(yaml, components);
+        self.deploy_project(Project::new(yaml, components))
+    }
+
+    /// `nubo deploy` of a project; panics on failure.
+    pub fn deploy_project(&self, p: Project) -> Project {
         let out = self.nubo_in(p.dir(), &["deploy"]);
         assert!(
             out.status.success(),
@@ -226,6 +230,42 @@ impl Project {
     pub fn dir(&self) -> &Path {
         self.tmp.path()
     }
+
+    /// `nubo.yaml` next to a copy of the test app `tests/apps/<app>`.
+    pub fn app(yaml: &str, app: &str) -> Project {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("nubo.yaml"), yaml).unwrap();
+        let from = repo_root().join("crates/nubo/tests/apps").join(app);
+        for e in std::fs::read_dir(&from).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), tmp.path().join(e.file_name())).unwrap();
+        }
+        Project { tmp }
+    }
+}
+
+/// Why process-app tests cannot run here, if they cannot (not root, no cgroups).
+pub fn process_sandbox_missing() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("not running as root".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if !mounts.contains("cgroup") {
+        return Some("no cgroup hierarchy is mounted".into());
+    }
+    None
+}
+
+/// Skips the calling test (with a message) where process apps cannot run.
+#[macro_export]
+macro_rules! require_process_sandbox {
+    () => {
+        if let Some(why) = $crate::harness::process_sandbox_missing() {
+            eprintln!("SKIPPED: process sandbox unavailable: {why}");
+            return;
+        }
+    };
 }
 
 pub fn text(b: &[u8]) -> String {

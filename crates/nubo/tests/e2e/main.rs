@@ -3,5 +3,7 @@
 
 mod admin;
 mod deploys;
+#[macro_use]
 mod harness;
+mod process_apps;
 mod wasm_functions;
