@@ -33,6 +33,7 @@ pub struct AppRevision {
     pub pool: Arc<Pool>,
     python: Option<PythonApp>,
     seed: Mutex<Option<Arc<Seed>>>,
+    seed_restarting: std::sync::atomic::AtomicBool,
     /// Started, ready, then frozen: thawed on scale-out.
     frozen: Mutex<Vec<Arc<ProcessInstance>>>,
     warm: usize,
@@ -147,6 +148,7 @@ impl AppRevision {
             pool: pool.clone(),
             python,
             seed: Mutex::new(None),
+            seed_restarting: Default::default(),
             frozen: Mutex::new(Vec::new()),
             warm,
             warming: AtomicUsize::new(0),
@@ -186,6 +188,20 @@ impl AppRevision {
 
     fn seed(&self) -> Option<Arc<Seed>> {
         lock(&self.seed).clone().filter(|s| s.alive())
+    }
+
+    /// Starts the Python seed (again, after it died).
+    async fn start_seed(&self) -> Result<(), StartError> {
+        let Some(py) = &self.python else {
+            return Ok(());
+        };
+        let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{}-r{}-seed-{n:x}", self.function, self.revision);
+        let seed = Seed::start(&self.spec, py, &id).await.map_err(|e| {
+            StartError(format!("the Python seed (importing {}) failed: {e}", py.target))
+        })?;
+        *lock(&self.seed) = Some(Arc::new(seed));
+        Ok(())
     }
 
     /// Before traffic moves here: the seed, `scale.min` started instances and `warm` frozen
@@ -327,6 +343,7 @@ impl AppRevision {
                 match tokio::task::spawn_blocking(move || i2.freeze()).await {
                     Ok(Ok(())) => {
                         lock(&self.frozen).push(i);
+                        ensure_ksm();
                         Ok(())
                     }
                     Ok(Err(e)) => {
@@ -363,6 +380,20 @@ impl AppRevision {
         }
         self.pool.top_up();
         self.refill_warm();
+        // A seed that died (the app crashed it, or out of memory) is started again; meanwhile
+        // new instances start plainly.
+        let dead = lock(&self.seed).as_ref().is_some_and(|s| !s.alive());
+        if dead && !self.seed_restarting.swap(true, Ordering::SeqCst) {
+            let app = self.clone();
+            tokio::spawn(async move {
+                *lock(&app.seed) = None;
+                app.log(None, "the seed ended; starting it again");
+                if let Err(e) = app.start_seed().await {
+                    app.log(None, &e.0);
+                }
+                app.seed_restarting.store(false, Ordering::SeqCst);
+            });
+        }
     }
 
     /// A newer revision took over: serve what is queued, then stop everything once quiet.
@@ -448,6 +479,16 @@ impl AppRevision {
     pub fn frozen_count(&self) -> usize {
         lock(&self.frozen).len()
     }
+}
+
+/// Frozen instances share identical pages only while KSM runs; turn it on once, and say so.
+fn ensure_ksm() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| match nubo_sandbox::process::enable_ksm() {
+        Ok(true) => tracing::info!("enabled KSM (/sys/kernel/mm/ksm/run = 1) to merge the pages of frozen instances"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("KSM is not available, frozen instances will not share pages: {e}"),
+    });
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

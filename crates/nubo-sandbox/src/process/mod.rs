@@ -216,6 +216,18 @@ impl Drop for ProcessInstance {
     }
 }
 
+/// Turns on the kernel's same-page merging (`/sys/kernel/mm/ksm/run`) if it is off, so the
+/// pages of frozen instances (started with `PR_SET_MEMORY_MERGE`) are merged. Returns whether
+/// this call turned it on.
+pub fn enable_ksm() -> std::io::Result<bool> {
+    let run = std::path::Path::new("/sys/kernel/mm/ksm/run");
+    if std::fs::read_to_string(run)?.trim() != "0" {
+        return Ok(false);
+    }
+    std::fs::write(run, "1")?;
+    Ok(true)
+}
+
 /// A free port on 127.0.0.1, for the instance to listen on.
 fn free_port() -> std::io::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;

@@ -40,15 +40,17 @@ app = Flask(__name__)
 STARTED_AS = uuid.uuid4().hex  # module level: fresh in every instance, forked or not
 
 
-@app.get("/")
-def index():
-    return jsonify(message="Hello from Nubo!", instance=os.environ.get("NUBO_INSTANCE"),
-                   pid=os.getpid(), started_as=STARTED_AS)
-
-
 @app.get("/health")
 def health():
     return "ok"
+
+
+@app.get("/", defaults={"path": ""})
+@app.get("/<path:path>")  # routes pass the whole path: /NAME/... arrives as is
+def index(path):
+    return jsonify(message="Hello from Nubo!", path="/" + path,
+                   instance=os.environ.get("NUBO_INSTANCE"), pid=os.getpid(),
+                   started_as=STARTED_AS)
 
 
 if __name__ == "__main__":  # for running it yourself: PORT=8000 python3 app.py

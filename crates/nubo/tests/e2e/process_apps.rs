@@ -349,3 +349,22 @@ fn rolling_update_under_load_fails_no_request() {
         instances(&s, "web").iter().all(|i| i["revision"] == 2)
     });
 }
+
+#[test]
+fn starters_deploy_unchanged() {
+    crate::require_process_sandbox!();
+    let s = Server::start();
+    let tmp = tempfile::tempdir().unwrap();
+    for (template, name, mode) in [("python-app", "pyweb", "fork"), ("node-app", "nodeweb", "thaw")] {
+        let out = s.nubo_in(tmp.path(), &["init", template, name]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let dir = tmp.path().join(name);
+        let out = s.nubo_in(&dir, &["deploy"]);
+        assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.log());
+        let r = s.get(&format!("/{name}/hello"));
+        assert_eq!(r.status(), 200, "{template}");
+        assert_eq!(start_mode(&r), mode, "{template}");
+        let body: Value = r.json().unwrap();
+        assert_eq!(body["message"], "Hello from Nubo!", "{template}: {body}");
+    }
+}
