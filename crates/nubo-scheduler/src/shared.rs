@@ -84,6 +84,8 @@ pub struct StartFailed(pub Arc<str>);
 pub enum SharedRejected {
     Limit(Rejected),
     StartFailed(StartFailed),
+    /// The pool was retired and has nothing left to serve with: ask the newer revision.
+    Closed,
 }
 
 struct Member<I> {
@@ -209,6 +211,11 @@ impl<I: Send + Sync + 'static> SharedPool<I> {
                         max: self.limits.max,
                         queue: self.limits.queue,
                     }));
+                }
+                SharedDecision::Wait { .. }
+                    if inner.closed && inner.members.is_empty() && inner.starting == 0 =>
+                {
+                    return Err(SharedRejected::Closed);
                 }
                 SharedDecision::Wait { start } => {
                     let start = if inner.closed { 0 } else { start };
@@ -373,6 +380,13 @@ impl<I: Send + Sync + 'static> SharedPool<I> {
     }
 
     /// Returns a share; `served` counts a request, `fresh` hands the start report on.
+    /// Empties the pool whatever is in flight (at shutdown) and returns its instances.
+    pub fn drain_all(&self) -> Vec<Arc<I>> {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.members.drain(..).map(|m| m.instance).collect()
+    }
+
     fn give_back(&self, instance: &Arc<I>, served: bool, fresh: bool) {
         let mut inner = self.lock();
         let Some(i) = inner

@@ -227,9 +227,10 @@ fn counts(f: &LiveFunction) -> Counts {
         }
         Runner::Process(app) => {
             let v = app.pool.view();
-            let busy = app.pool.members().iter().filter(|m| m.inflight > 0).count();
+            let members = app.pool.members();
+            let busy = members.iter().filter(|m| m.inflight > 0).count();
             Counts {
-                idle: v.ready - busy,
+                idle: members.len() - busy,
                 busy,
                 starting: v.starting,
                 frozen: app.frozen_count(),
@@ -266,6 +267,7 @@ async fn instances(
                 .map(|r| {
                     json!({
                         "id": r.id,
+                        "port": r.port,
                         "revision": r.revision,
                         "state": r.state,
                         "mode": r.mode,

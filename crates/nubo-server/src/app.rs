@@ -34,6 +34,10 @@ pub struct AppRevision {
     python: Option<PythonApp>,
     seed: Mutex<Option<Arc<Seed>>>,
     seed_restarting: std::sync::atomic::AtomicBool,
+    /// Set once `prepare` has run: upkeep waits for it (no double `min`/`warm` starts).
+    prepared: std::sync::atomic::AtomicBool,
+    /// Set by `retire`: nothing new is started or frozen.
+    retired: std::sync::atomic::AtomicBool,
     /// Started, ready, then frozen: thawed on scale-out.
     frozen: Mutex<Vec<Arc<ProcessInstance>>>,
     warm: usize,
@@ -49,6 +53,8 @@ pub struct AppRevision {
 /// One row of the per-instance view.
 pub struct InstanceRow {
     pub id: String,
+    /// 0 while starting.
+    pub port: u16,
     pub revision: i64,
     pub state: &'static str,
     pub mode: &'static str,
@@ -65,6 +71,8 @@ pub struct ProcessHost {
     pub cgroups: Arc<Cgroups>,
     /// The `nubo` binary (the sandbox init).
     pub init_exe: PathBuf,
+    /// The server's data dir (admin token, store): hidden from instances.
+    pub data_dir: PathBuf,
 }
 
 impl AppRevision {
@@ -128,6 +136,7 @@ impl AppRevision {
             log,
             cgroups: host.cgroups.clone(),
             init_exe: host.init_exe.clone(),
+            hide: vec![host.data_dir.clone()],
         };
         let limits = SharedLimits {
             max: spec.scale.max as usize,
@@ -149,6 +158,8 @@ impl AppRevision {
             python,
             seed: Mutex::new(None),
             seed_restarting: Default::default(),
+            prepared: Default::default(),
+            retired: Default::default(),
             frozen: Mutex::new(Vec::new()),
             warm,
             warming: AtomicUsize::new(0),
@@ -195,10 +206,16 @@ impl AppRevision {
         let Some(py) = &self.python else {
             return Ok(());
         };
+        if self.retired.load(Ordering::SeqCst) {
+            return Ok(());
+        }
         let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-r{}-seed-{n:x}", self.function, self.revision);
         let seed = Seed::start(&self.spec, py, &id).await.map_err(|e| {
-            StartError(format!("the Python seed (importing {}) failed: {e}", py.target))
+            StartError(format!(
+                "the Python seed (importing {}) failed: {e}",
+                py.target
+            ))
         })?;
         *lock(&self.seed) = Some(Arc::new(seed));
         Ok(())
@@ -222,17 +239,25 @@ impl AppRevision {
         for _ in 0..min {
             started.push(self.start_instance());
         }
+        let mut failed = None;
         for r in futures::future::join_all(started).await {
-            self.pool.insert(r?);
+            // Every instance that did start joins the pool, so a retire stops it.
+            match r {
+                Ok(i) => self.pool.insert(i),
+                Err(e) => failed = Some(e),
+            }
         }
         let mut warm = Vec::new();
         for _ in 0..self.warm {
             warm.push(self.start_frozen());
         }
         for r in futures::future::join_all(warm).await {
-            r?;
+            if let Err(e) = r {
+                failed = Some(e);
+            }
         }
-        Ok(())
+        self.prepared.store(true, Ordering::SeqCst);
+        failed.map_or(Ok(()), Err)
     }
 
     /// Starts one instance that will serve: thaw a frozen one, else fork, else new.
@@ -341,9 +366,13 @@ impl AppRevision {
             Ok(i) => {
                 let i2 = i.clone();
                 match tokio::task::spawn_blocking(move || i2.freeze()).await {
-                    Ok(Ok(())) => {
+                    Ok(Ok(())) if !self.retired.load(Ordering::SeqCst) => {
                         lock(&self.frozen).push(i);
                         ensure_ksm();
+                        Ok(())
+                    }
+                    Ok(Ok(())) => {
+                        i.stop(Duration::ZERO).await;
                         Ok(())
                     }
                     Ok(Err(e)) => {
@@ -361,6 +390,9 @@ impl AppRevision {
 
     /// Tops the warm set up in the background.
     fn refill_warm(self: &Arc<Self>) {
+        if self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         let short = self
             .warm
             .saturating_sub(lock(&self.frozen).len() + self.warming.load(Ordering::SeqCst));
@@ -374,6 +406,9 @@ impl AppRevision {
 
     /// Periodic upkeep: reclaim idle instances, keep `min` started and `warm` frozen.
     pub fn maintain(self: &Arc<Self>, now: Instant) {
+        if !self.prepared.load(Ordering::SeqCst) || self.retired.load(Ordering::SeqCst) {
+            return;
+        }
         for i in self.pool.reap(now) {
             let grace = self.stop_grace;
             tokio::spawn(async move { i.stop(grace).await });
@@ -398,18 +433,22 @@ impl AppRevision {
 
     /// A newer revision took over: serve what is queued, then stop everything once quiet.
     pub fn retire(self: &Arc<Self>) {
+        self.retired.store(true, Ordering::SeqCst);
         self.pool.close();
         let app = self.clone();
         tokio::spawn(async move {
-            for i in std::mem::take(&mut *lock(&app.frozen)) {
-                tokio::spawn(async move { i.stop(Duration::ZERO).await });
-            }
             let instances = loop {
-                if let Some(all) = app.pool.drain_if_quiet() {
+                // Warm starts under way finish (and are stopped) before the last sweep.
+                if app.warming.load(Ordering::SeqCst) == 0
+                    && let Some(all) = app.pool.drain_if_quiet()
+                {
                     break all;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             };
+            for i in std::mem::take(&mut *lock(&app.frozen)) {
+                tokio::spawn(async move { i.stop(Duration::ZERO).await });
+            }
             let grace = app.stop_grace;
             futures::future::join_all(instances.iter().map(|i| i.stop(grace))).await;
             let seed = lock(&app.seed).take();
@@ -421,9 +460,9 @@ impl AppRevision {
 
     /// At shutdown: stop every instance now (requests have finished or timed out).
     pub async fn stop_all(&self) {
-        self.pool.close();
+        self.retired.store(true, Ordering::SeqCst);
         let mut all: Vec<Arc<ProcessInstance>> = std::mem::take(&mut *lock(&self.frozen));
-        all.extend(self.pool.drain_if_quiet().unwrap_or_default());
+        all.extend(self.pool.drain_all());
         futures::future::join_all(all.iter().map(|i| i.stop(Duration::from_secs(1)))).await;
         let seed = lock(&self.seed).take();
         if let Some(s) = seed {
@@ -436,6 +475,7 @@ impl AppRevision {
         let mut rows = Vec::new();
         let row = |i: &ProcessInstance, state, inflight, served| InstanceRow {
             id: i.id.to_string(),
+            port: i.port,
             revision: self.revision,
             state,
             mode: i.mode().as_str(),
@@ -462,6 +502,7 @@ impl AppRevision {
         for (id, (mode, since)) in lock(&self.starting).iter() {
             rows.push(InstanceRow {
                 id: id.to_string(),
+                port: 0,
                 revision: self.revision,
                 state: "starting",
                 mode: mode.as_str(),
@@ -485,9 +526,13 @@ impl AppRevision {
 fn ensure_ksm() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| match nubo_sandbox::process::enable_ksm() {
-        Ok(true) => tracing::info!("enabled KSM (/sys/kernel/mm/ksm/run = 1) to merge the pages of frozen instances"),
+        Ok(true) => tracing::info!(
+            "enabled KSM (/sys/kernel/mm/ksm/run = 1) to merge the pages of frozen instances"
+        ),
         Ok(false) => {}
-        Err(e) => tracing::warn!("KSM is not available, frozen instances will not share pages: {e}"),
+        Err(e) => {
+            tracing::warn!("KSM is not available, frozen instances will not share pages: {e}")
+        }
     });
 }
 
@@ -504,6 +549,10 @@ impl Draining {
         let mut v = lock(&self.0);
         v.retain(|w| w.strong_count() > 0);
         v.push(Arc::downgrade(app));
+    }
+
+    pub fn all(&self) -> Vec<Arc<AppRevision>> {
+        lock(&self.0).iter().filter_map(|w| w.upgrade()).collect()
     }
 
     pub fn of(&self, function: &str) -> Vec<Arc<AppRevision>> {

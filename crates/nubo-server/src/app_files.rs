@@ -18,6 +18,8 @@ pub fn unpack(blob: &Path, apps_dir: &Path, digest: &str) -> Result<PathBuf, Str
         let file = std::fs::File::open(blob).map_err(|e| format!("opening the archive: {e}"))?;
         let mut archive = tar::Archive::new(file);
         archive.set_preserve_permissions(true);
+        // No set-uid, set-gid or sticky bits from a user's archive on the host.
+        archive.set_mask(0o7000);
         archive.set_overwrite(false);
         // `unpack` refuses entries that would land outside the directory (`..`, absolute).
         archive

@@ -273,7 +273,7 @@ async fn invoke_wasm(
 #[allow(clippy::too_many_arguments)]
 async fn invoke_process(
     state: &Arc<AppState>,
-    f: Arc<LiveFunction>,
+    mut f: Arc<LiveFunction>,
     app: &Arc<AppRevision>,
     parts: http::request::Parts,
     body: Bytes,
@@ -281,8 +281,35 @@ async fn invoke_process(
     received: Instant,
     inflight: Inflight,
 ) -> Response {
-    let lease = match app.pool.acquire().await {
+    let mut app = app.clone();
+    let lease = match loop {
+        match app.pool.acquire().await {
+            // Retired while this request read its body: the newer revision serves it.
+            Err(SharedRejected::Closed) => {
+                let newer = state.table().function(&f.name).cloned();
+                match newer {
+                    Some(n) if !Arc::ptr_eq(&n, &f) => {
+                        if let Runner::Process(a) = &n.runner {
+                            app = a.clone();
+                            f = n;
+                            continue;
+                        }
+                        break Err(SharedRejected::Closed);
+                    }
+                    _ => break Err(SharedRejected::Closed),
+                }
+            }
+            other => break other,
+        }
+    } {
         Ok(l) => l,
+        Err(SharedRejected::Closed) => {
+            let err = ApiError::not_found(
+                "function_not_found",
+                format!("function {} was removed", f.name),
+            );
+            return finish(state, &f, &id, err.into_response(), received);
+        }
         Err(SharedRejected::Limit(r)) => {
             return finish(state, &f, &id, rejection(&f, r).into_response(), received);
         }
@@ -315,7 +342,7 @@ async fn invoke_process(
         }
         Ok(Err(e)) => {
             drop(lease);
-            app_failure(state, &f, app, &instance, &id, &e).await
+            app_failure(state, &f, &app, &instance, &id, &e).await
         }
         Err(_) => {
             drop(lease);

@@ -162,6 +162,7 @@ pub async fn run(
             live::Runner::Process(a) => apps.push(a.clone()),
         }
     }
+    apps.extend(state.draining.all());
     futures::future::join_all(apps.iter().map(|a| a.stop_all())).await;
     drop(table);
     state.logs.flush().await;
@@ -180,9 +181,12 @@ fn process_host(opts: &ServerOptions) -> Result<app::ProcessHost, String> {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|e| format!("finding the nubo binary: {e}"))?,
     };
+    let data_dir = std::fs::canonicalize(&opts.data_dir)
+        .map_err(|e| format!("resolving {}: {e}", opts.data_dir.display()))?;
     Ok(app::ProcessHost {
         cgroups: Arc::new(cgroups),
         init_exe,
+        data_dir,
     })
 }
 

@@ -205,6 +205,17 @@ impl Cgroups {
                     if let Ok(children) = std::fs::read_dir(e.path()) {
                         for c in children.flatten() {
                             if c.path().is_dir() {
+                                // Frozen leftovers ignore SIGKILL until thawed (v1).
+                                let _ = std::fs::write(c.path().join("freezer.state"), "THAWED");
+                                let _ = std::fs::write(c.path().join("cgroup.freeze"), "0");
+                                let _ = std::fs::write(c.path().join("cgroup.kill"), "1");
+                                let procs = std::fs::read_to_string(c.path().join("cgroup.procs"))
+                                    .unwrap_or_default();
+                                for pid in procs.lines().filter_map(|l| l.trim().parse().ok()) {
+                                    // SAFETY: kill(2) has no memory-safety preconditions.
+                                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                                }
+                                std::thread::sleep(Duration::from_millis(20));
                                 let _ = std::fs::remove_dir(c.path());
                             }
                         }
@@ -400,7 +411,7 @@ impl Cgroup {
         .unwrap_or(0)
     }
 
-    /// Removes the (empty) cgroup.
+    /// Removes the (empty) cgroup; also done when the last handle is dropped.
     pub fn remove(&self) {
         let dirs: Vec<&PathBuf> = match &self.layout {
             CgroupDirs::V2(d) => vec![d],
@@ -417,5 +428,11 @@ impl Cgroup {
                 }
             }
         }
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        self.remove();
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct InitArgs {
     pub hostname: String,
     pub tmp_size: u64,
     pub cgroup_procs: Vec<PathBuf>,
+    /// Directories covered by an empty read-only tmpfs (the server's data dir: tokens, store).
+    pub hide: Vec<PathBuf>,
     pub ksm: bool,
     pub command: Vec<String>,
 }
@@ -43,6 +45,10 @@ impl InitArgs {
             a.push("--cgroup".into());
             a.push(c.display().to_string());
         }
+        for h in &self.hide {
+            a.push("--hide".into());
+            a.push(h.display().to_string());
+        }
         if self.ksm {
             a.push("--ksm".into());
         }
@@ -61,6 +67,7 @@ impl InitArgs {
                 "--hostname" => out.hostname = value()?,
                 "--tmp-size" => out.tmp_size = value()?.parse().map_err(|_| "bad --tmp-size")?,
                 "--cgroup" => out.cgroup_procs.push(value()?.into()),
+                "--hide" => out.hide.push(value()?.into()),
                 "--ksm" => out.ksm = true,
                 "--" => {
                     out.command = it.cloned().collect();
@@ -156,23 +163,9 @@ fn setup(a: &InitArgs) -> Result<(), String> {
             "making mounts private",
         )?;
         // Every mount read-only, recursively (the app directory included).
-        let attr = MountAttr {
-            attr_set: libc::MOUNT_ATTR_RDONLY,
-            attr_clr: 0,
-            propagation: 0,
-            userns_fd: 0,
-        };
-        let r = libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            root.as_ptr(),
-            libc::AT_RECURSIVE as libc::c_uint,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        );
-        check(r as libc::c_int, "making the file tree read-only")?;
-        // The app directory may live under /tmp (a data dir there): keep a handle on it and
-        // bind it back at the same path on top of the private /tmp, read-only.
+        read_only("/", true)?;
+        // The app directory may live under /tmp or the hidden data dir: keep a handle on it and
+        // bind it back at the same path on top, read-only.
         let app = cstr(&a.app.display().to_string());
         let app_fd = libc::open(
             app.as_ptr(),
@@ -180,7 +173,12 @@ fn setup(a: &InitArgs) -> Result<(), String> {
         );
         check(app_fd, &format!("opening {}", a.app.display()))?;
         mount_tmpfs("/tmp", a.tmp_size, "1777")?;
-        if a.app.starts_with("/tmp") {
+        let hidden: Vec<&PathBuf> = a.hide.iter().filter(|h| h.is_dir()).collect();
+        for h in &hidden {
+            mount_tmpfs(&h.display().to_string(), 1 << 20, "755")?;
+        }
+        let covered = a.app.starts_with("/tmp") || hidden.iter().any(|h| a.app.starts_with(h));
+        if covered {
             std::fs::create_dir_all(&a.app)
                 .map_err(|e| format!("creating {}: {e}", a.app.display()))?;
             let from = cstr(&format!("/proc/self/fd/{app_fd}"));
@@ -194,20 +192,43 @@ fn setup(a: &InitArgs) -> Result<(), String> {
                 ),
                 "binding the app directory",
             )?;
-            let r = libc::syscall(
-                libc::SYS_mount_setattr,
-                libc::AT_FDCWD,
-                app.as_ptr(),
-                libc::AT_RECURSIVE as libc::c_uint,
-                &attr as *const MountAttr,
-                std::mem::size_of::<MountAttr>(),
-            );
-            check(r as libc::c_int, "making the app directory read-only")?;
+            read_only(&a.app.display().to_string(), true)?;
+        }
+        for h in &hidden {
+            read_only(&h.display().to_string(), false)?;
         }
         libc::close(app_fd);
         private_dev(a.tmp_size / 4)?;
     }
     Ok(())
+}
+
+/// Makes the mount at `path` (and, `recursive`, those below it) read-only.
+fn read_only(path: &str, recursive: bool) -> Result<(), String> {
+    let attr = MountAttr {
+        attr_set: libc::MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let p = cstr(path);
+    let flags = if recursive {
+        libc::AT_RECURSIVE as libc::c_uint
+    } else {
+        0
+    };
+    // SAFETY: plain syscall with a valid string and a properly laid out struct.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            p.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(r as libc::c_int, &format!("making {path} read-only"))
 }
 
 fn mount_tmpfs(dir: &str, size: u64, mode: &str) -> Result<(), String> {
@@ -366,7 +387,11 @@ fn exec_app(a: &InitArgs) -> ! {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
         if a.ksm {
             // Identical pages of instances of one revision may be merged (kept across exec).
-            libc::prctl(67 /* PR_SET_MEMORY_MERGE */, 1);
+            let on: libc::c_ulong = 1;
+            let zero: libc::c_ulong = 0;
+            if libc::prctl(67 /* PR_SET_MEMORY_MERGE */, on, zero, zero, zero) < 0 {
+                eprintln!("nubo sandbox: KSM merging unavailable: {}", errno());
+            }
         }
         if libc::chdir(dir.as_ptr()) < 0 {
             fail(&format!(

@@ -65,6 +65,8 @@ pub struct AppSpec {
     pub cgroups: Arc<Cgroups>,
     /// The `nubo` binary, run as the sandbox init.
     pub init_exe: PathBuf,
+    /// Host directories instances must not see (the server's data dir).
+    pub hide: Vec<PathBuf>,
 }
 
 /// Size of each instance's private `/tmp` (charged to its memory limit as it fills).
@@ -190,7 +192,8 @@ impl ProcessInstance {
     /// SIGTERM, up to `grace` to finish, then SIGKILL to every process left in the cgroup.
     pub async fn stop(&self, grace: Duration) {
         self.set_state(State::Stopping);
-        let _ = self.cgroup.thaw();
+        let cg = self.cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || cg.thaw()).await;
         if self.exited().is_none() {
             match self.pid {
                 // SAFETY: kill(2) on our own child.
@@ -201,18 +204,19 @@ impl ProcessInstance {
             }
             let _ = tokio::time::timeout(grace, self.wait_exit()).await;
         }
-        self.cgroup.kill();
-        self.cgroup.remove();
+        // Killing waits for the cgroup to empty: off the async threads.
+        let cg = self.cgroup.clone();
+        let _ = tokio::task::spawn_blocking(move || cg.kill()).await;
     }
 }
 
 impl Drop for ProcessInstance {
     fn drop(&mut self) {
-        // A safety net: whoever drops an instance without stopping it leaves nothing behind.
+        // A safety net: whoever drops an instance without stopping it leaves nothing behind
+        // (the cgroup directory goes with the last handle on it).
         if !self.cgroup.pids().is_empty() {
             self.cgroup.kill();
         }
-        self.cgroup.remove();
     }
 }
 
@@ -288,6 +292,7 @@ impl AppSpec {
             hostname: id.chars().take(63).collect(),
             tmp_size: tmp_size(&self.limits),
             cgroup_procs: cgroup.procs_files(),
+            hide: self.hide.clone(),
             ksm: self.ksm,
             command: command.to_vec(),
         };
@@ -300,10 +305,15 @@ impl AppSpec {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         if let Some(fd) = control {
-            // SAFETY: dup2 is async-signal-safe; it leaves fd 3 open across exec.
+            // SAFETY: dup2 and fcntl are async-signal-safe; fd 3 stays open across exec.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::dup2(fd, 3) < 0 {
+                    let r = if fd == 3 {
+                        libc::fcntl(3, libc::F_SETFD, 0)
+                    } else {
+                        libc::dup2(fd, 3)
+                    };
+                    if r < 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                     Ok(())
@@ -312,10 +322,7 @@ impl AppSpec {
         }
         let mut child = match cmd.spawn() {
             Ok(c) => c,
-            Err(e) => {
-                cgroup.remove();
-                return Err(fail("starting the sandbox", &e));
-            }
+            Err(e) => return Err(fail("starting the sandbox", &e)),
         };
         let tail = StderrTail::default();
         let iid: Arc<str> = id.into();

@@ -6,7 +6,9 @@
 # The seed listens on 127.0.0.1:$PORT once the app is imported: that is its readiness signal.
 # Control messages travel over fd 3 (a SOCK_SEQPACKET socket, one message per packet):
 #   nubo -> seed: "fork <port> <instance-id>" with two fds attached: the child's stdout, stderr
-#   seed -> nubo: "forked <instance-id> <pid>" and, whenever a child ends, "exit <pid> <status>"
+#   seed -> nubo: "forked <instance-id> <pid>" (or "failed <instance-id> <why>") and, whenever a
+#                 child ends, "exit <pid> <status>"
+#   nubo -> seed: "kill <pid>" for a child nobody waits for any more
 #
 # Fork safety: the seed imports the app (and so its libraries) once, then forgets the modules
 # that live in the app's own directory, so each child imports them again: module-level state
@@ -117,7 +119,13 @@ def send(line):
 
 
 def fork(port, iid, out, err):
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError as e:  # out of pids or memory: this instance fails, the seed lives on
+        os.close(out)
+        os.close(err)
+        send(f"failed {iid} {e}")
+        return
     if pid:
         os.close(out)
         os.close(err)
@@ -180,6 +188,11 @@ while True:
             parts = msg.decode().split()
             if len(parts) == 3 and parts[0] == "fork" and len(fds) == 2:
                 fork(int(parts[1]), parts[2], fds[0], fds[1])
+            elif len(parts) == 2 and parts[0] == "kill":
+                try:
+                    os.kill(int(parts[1]), signal.SIGKILL)
+                except (OSError, ValueError):
+                    pass
             else:
                 for fd in fds:
                     os.close(fd)

@@ -46,9 +46,16 @@ impl PythonApp {
 
 type ExitSender = Arc<watch::Sender<Option<Exit>>>;
 
+/// A child being forked: where its pid goes, and how its end will be reported.
+struct Pending {
+    pid: oneshot::Sender<Result<u32, String>>,
+    exit: ExitSender,
+    cgroup: Arc<super::Cgroup>,
+}
+
 struct Children {
-    /// Instance id -> where its pid goes.
-    pending: HashMap<String, oneshot::Sender<u32>>,
+    /// Instance id -> the fork under way.
+    pending: HashMap<String, Pending>,
     /// Pid (in the seed's namespace) -> how its end is reported.
     running: HashMap<u32, (ExitSender, Arc<super::Cgroup>)>,
 }
@@ -105,43 +112,45 @@ impl Seed {
         let (out_r, out_w) = pipe().map_err(|e| fail("creating a pipe", &e))?;
         let (err_r, err_w) = pipe().map_err(|e| fail("creating a pipe", &e))?;
         let (tx, rx) = oneshot::channel();
-        self.lock().pending.insert(id.to_string(), tx);
+        let (exit_tx, _) = watch::channel(None);
+        let exit = Arc::new(exit_tx);
+        self.lock().pending.insert(
+            id.to_string(),
+            Pending {
+                pid: tx,
+                exit: exit.clone(),
+                cgroup: cgroup.clone(),
+            },
+        );
         let msg = format!("fork {port} {id}");
-        send_with_fds(
+        if let Err(e) = send_with_fds(
             &self.control,
             msg.as_bytes(),
             &[out_w.as_raw_fd(), err_w.as_raw_fd()],
-        )
-        .map_err(|e| fail("asking the seed to fork", &e))?;
+        ) {
+            self.lock().pending.remove(id);
+            return Err(fail("asking the seed to fork", &e));
+        }
         drop((out_w, err_w));
         let iid: Arc<str> = id.into();
         let tail = StderrTail::default();
-        tokio::spawn(pump(
-            tokio::fs::File::from_std(std::fs::File::from(out_r)),
-            "stdout",
-            iid.clone(),
-            spec.log.clone(),
-            None,
-        ));
-        tokio::spawn(pump(
-            tokio::fs::File::from_std(std::fs::File::from(err_r)),
-            "stderr",
-            iid.clone(),
-            spec.log.clone(),
-            Some(tail.clone()),
-        ));
+        for (fd, stream, tail) in [
+            (out_r, "stdout", None),
+            (err_r, "stderr", Some(tail.clone())),
+        ] {
+            let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .map_err(|e| fail("reading the instance's output", &e))?;
+            tokio::spawn(pump(rx, stream, iid.clone(), spec.log.clone(), tail));
+        }
         let nspid = match tokio::time::timeout(spec.start_timeout, rx).await {
-            Ok(Ok(pid)) => pid,
+            Ok(Ok(Ok(pid))) => pid,
+            Ok(Ok(Err(why))) => return Err(StartError(format!("the seed could not fork: {why}"))),
             _ => {
+                // A fork that arrives later is killed by the reader (no pending entry).
                 self.lock().pending.remove(id);
                 return Err(StartError("the seed did not fork in time".into()));
             }
         };
-        let (exit_tx, _) = watch::channel(None);
-        let exit = Arc::new(exit_tx);
-        self.lock()
-            .running
-            .insert(nspid, (exit.clone(), cgroup.clone()));
         let instance = ProcessInstance {
             id: iid,
             revision: spec.revision,
@@ -154,12 +163,16 @@ impl Seed {
             exit,
             pid: None,
         };
-        match self.host_pid(nspid) {
-            Some(pid) => instance
-                .cgroup
-                .add(pid)
-                .map_err(|e| fail("moving the instance into its cgroup", &e))?,
-            None => return Err(StartError("the forked instance ended at once".into())),
+        let moved = match self.host_pid(nspid) {
+            Some(pid) => instance.cgroup.add(pid).map_err(|e| e.to_string()),
+            None => Err("it ended at once".to_string()),
+        };
+        if let Err(why) = moved {
+            self.kill(nspid);
+            return Err(StartError(format!(
+                "the forked instance could not be moved into its cgroup: {why}{}",
+                tail.render()
+            )));
         }
         spec.wait_ready(&instance, &tail, spec.ready.as_deref())
             .await?;
@@ -168,6 +181,11 @@ impl Seed {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = started.elapsed();
         Ok(instance)
+    }
+
+    /// Asks the seed to kill one of its children.
+    fn kill(&self, nspid: u32) {
+        let _ = send_with_fds(&self.control, format!("kill {nspid}").as_bytes(), &[]);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Children> {
@@ -188,6 +206,9 @@ impl Seed {
 
 /// Reads the seed's messages until it closes the socket (it ended).
 fn read_control(fd: OwnedFd, children: Arc<Mutex<Children>>) {
+    let kill = |pid: &str| {
+        let _ = send_with_fds(&fd, format!("kill {pid}").as_bytes(), &[]);
+    };
     let mut buf = [0u8; 512];
     loop {
         // SAFETY: reading into a buffer we own.
@@ -203,8 +224,21 @@ fn read_control(fd: OwnedFd, children: Arc<Mutex<Children>>) {
         let mut c = children.lock().unwrap_or_else(|p| p.into_inner());
         match (parts.next(), parts.next(), parts.next()) {
             (Some("forked"), Some(id), Some(pid)) => {
-                if let (Some(tx), Ok(pid)) = (c.pending.remove(id), pid.parse()) {
-                    let _ = tx.send(pid);
+                match (c.pending.remove(id), pid.parse::<u32>()) {
+                    (Some(p), Ok(n)) => {
+                        // Registered before anyone hears of the pid: no exit can be missed.
+                        c.running.insert(n, (p.exit, p.cgroup));
+                        if p.pid.send(Ok(n)).is_err() {
+                            kill(pid);
+                        }
+                    }
+                    // Nobody waits for it any more (timed out): it must not live on.
+                    _ => kill(pid),
+                }
+            }
+            (Some("failed"), Some(id), Some(why)) => {
+                if let Some(p) = c.pending.remove(id) {
+                    let _ = p.pid.send(Err(why.to_string()));
                 }
             }
             (Some("exit"), Some(pid), Some(status)) => {
@@ -257,9 +291,15 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
-/// One message with file descriptors attached (`SCM_RIGHTS`).
+/// One message with file descriptors attached (`SCM_RIGHTS`). Never blocks: a seed that stopped
+/// reading fails the fork instead of stalling the caller.
 fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) } as usize;
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = if fds.is_empty() {
+        0
+    } else {
+        unsafe { libc::CMSG_SPACE(std::mem::size_of_val(fds) as u32) as usize }
+    };
     let mut control = vec![0u8; space];
     let mut iov = libc::iovec {
         iov_base: bytes.as_ptr() as *mut libc::c_void,
@@ -271,18 +311,25 @@ fn send_with_fds(sock: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> std::io::Result
         let mut msg: libc::msghdr = std::mem::zeroed();
         msg.msg_iov = &mut iov;
         msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast();
-        msg.msg_controllen = space;
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
-        std::ptr::copy_nonoverlapping(
-            fds.as_ptr().cast::<u8>(),
-            libc::CMSG_DATA(cmsg),
-            std::mem::size_of_val(fds),
-        );
-        if libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) < 0 {
+        if !fds.is_empty() {
+            msg.msg_control = control.as_mut_ptr().cast();
+            msg.msg_controllen = space;
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of_val(fds) as u32) as usize;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                std::mem::size_of_val(fds),
+            );
+        }
+        if libc::sendmsg(
+            sock.as_raw_fd(),
+            &msg,
+            libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+        ) < 0
+        {
             return Err(std::io::Error::last_os_error());
         }
     }

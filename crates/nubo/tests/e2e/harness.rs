@@ -54,7 +54,15 @@ pub struct Server {
 
 impl Server {
     pub fn start() -> Server {
-        let tmp = tempfile::tempdir().unwrap();
+        Server::start_in(tempfile::tempdir().unwrap())
+    }
+
+    /// With the data dir outside /tmp (which sandboxes cover anyway), under target/tmp.
+    pub fn start_outside_tmp() -> Server {
+        Server::start_in(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
+    }
+
+    fn start_in(tmp: tempfile::TempDir) -> Server {
         let data_dir = tmp.path().join("data");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).unwrap();

@@ -270,7 +270,8 @@ functions:
 #[test]
 fn instances_are_isolated() {
     crate::require_process_sandbox!();
-    let s = Server::start();
+    // The data dir is hidden from instances, and the app directory inside it bound back.
+    let s = Server::start_outside_tmp();
     s.deploy_project(Project::app(
         "project: iso
 functions:
@@ -306,6 +307,14 @@ functions:
     );
     // The host's /etc is untouched.
     assert!(!std::path::Path::new("/etc/nubo-test").exists());
+    // The server's data dir (admin token, store) is hidden.
+    let token = s.data_dir.join("admin-token");
+    let r = s.get(&format!("/fn/web/read?path={}", token.display()));
+    let b: Value = r.json().unwrap();
+    assert_eq!(
+        b["read"], false,
+        "the admin token must not be readable: {b}"
+    );
 }
 
 #[test]
@@ -355,7 +364,10 @@ fn starters_deploy_unchanged() {
     crate::require_process_sandbox!();
     let s = Server::start();
     let tmp = tempfile::tempdir().unwrap();
-    for (template, name, mode) in [("python-app", "pyweb", "fork"), ("node-app", "nodeweb", "thaw")] {
+    for (template, name, mode) in [
+        ("python-app", "pyweb", "fork"),
+        ("node-app", "nodeweb", "thaw"),
+    ] {
         let out = s.nubo_in(tmp.path(), &["init", template, name]);
         assert!(out.status.success(), "{}", text(&out.stderr));
         let dir = tmp.path().join(name);

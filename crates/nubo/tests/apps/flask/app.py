@@ -50,6 +50,15 @@ def try_write(path):
         return False
 
 
+@app.get("/read")
+def read():
+    try:
+        with open(request.args["path"]) as f:
+            return jsonify(read=True, text=f.read(64))
+    except OSError as e:
+        return jsonify(read=False, error=str(e))
+
+
 @app.get("/isolation")
 def isolation():
     pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
