@@ -145,8 +145,11 @@ impl Cgroups {
                 let a = cpuacct.join(&rel);
                 let p = pids.join(&rel);
                 let f = freezer.join(&rel);
-                for d in [&m, &c, &a, &p, &f] {
+                for d in [&m, &a, &p, &f] {
                     std::fs::create_dir_all(d)?;
+                }
+                if limits.cpu.is_some() {
+                    std::fs::create_dir_all(&c)?;
                 }
                 write(&m.join("memory.limit_in_bytes"), limits.memory)?;
                 let memsw = m.join("memory.memsw.limit_in_bytes");
@@ -158,9 +161,11 @@ impl Cgroups {
                     write(&c.join("cpu.cfs_period_us"), 100000)?;
                     write(&c.join("cpu.cfs_quota_us"), quota(cores))?;
                 }
-                let mut dirs = vec![m.clone(), c.clone(), p, f.clone()];
-                if a != c {
-                    dirs.push(a.clone());
+                // Every controller joined costs a migration (RCU waits) per forked instance:
+                // `cpu` only when there is a quota to enforce.
+                let mut dirs = vec![m.clone(), p, f.clone(), a.clone()];
+                if limits.cpu.is_some() && a != c {
+                    dirs.push(c.clone());
                 }
                 Ok(Cgroup {
                     layout: CgroupDirs::V1 {

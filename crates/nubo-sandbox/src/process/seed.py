@@ -41,18 +41,23 @@ def own_modules():
     return out
 
 
-def serve(app, port):
-    if KIND == "asgi":
-        import uvicorn
-        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                      lifespan="off")).run()
-        return
+def wsgi_server(app, port):
+    """A threaded WSGI server on 127.0.0.1:port (0: any free port)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(128)
     try:
         import logging
         from werkzeug.serving import make_server
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
-        server = make_server("127.0.0.1", port, app, threaded=True)
+        # A bound socket (fd=) skips the reverse DNS lookup of a plain bind.
+        server = make_server("127.0.0.1", sock.getsockname()[1], app, threaded=True,
+                             fd=sock.fileno())
+        sock.close()  # werkzeug holds its own duplicate
+        return server
     except ImportError:
+        sock.close()
         from socketserver import ThreadingMixIn
         from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server as mk
 
@@ -63,28 +68,48 @@ def serve(app, port):
             def log_message(self, *a):
                 pass
 
-        server = mk("127.0.0.1", port, app, server_class=Server, handler_class=Quiet)
+        return mk("127.0.0.1", port, app, server_class=Server, handler_class=Quiet)
+
+
+def serve(app, port):
+    if KIND == "asgi":
+        import uvicorn
+        uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                      lifespan="off")).run()
+        return
+    server = wsgi_server(app, port)
     signal.signal(signal.SIGTERM, lambda *a: threading.Thread(target=server.shutdown).start())
     server.serve_forever()
 
 
-def preload_server():
-    # Import the server code in the seed so children do not pay for it.
+def warm_up(app):
+    """One request through the server and the framework in the seed, so children inherit warm
+    caches (werkzeug looks its version up in package metadata when a server starts; routing,
+    request parsing and error pages import and compile on first use). The path is one no app
+    routes on purpose: most apps answer 404 without running a view."""
+    if KIND == "asgi":
+        import uvicorn  # noqa: F401 - at least the import is shared
+        return
+    import http.client
+    server = wsgi_server(app, 0)
+    t = threading.Thread(target=server.handle_request)
+    t.start()
     try:
-        if KIND == "asgi":
-            import uvicorn  # noqa: F401
-        else:
-            import werkzeug.serving  # noqa: F401
-    except ImportError:
-        import wsgiref.simple_server  # noqa: F401
+        c = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+        c.request("GET", "/.nubo-seed-warm-up")
+        c.getresponse().read()
+        c.close()
+    except OSError:
+        pass
+    t.join(5)
+    server.server_close()
 
 
 if MODE == "serve":
     serve(load(), int(os.environ["PORT"]))
     sys.exit(0)
 
-load()
-preload_server()
+warm_up(load())
 if threading.active_count() > 1:
     print("nubo seed: the app started threads while being imported; forked instances will "
           "not have them", file=sys.stderr)

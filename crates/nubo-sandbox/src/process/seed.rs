@@ -151,6 +151,17 @@ impl Seed {
                 return Err(StartError("the seed did not fork in time".into()));
             }
         };
+        let forked_at = started.elapsed();
+        let Some(host_pid) = self.host_pid(nspid) else {
+            return Err(StartError(format!(
+                "the forked instance ended at once{}",
+                tail.render()
+            )));
+        };
+        // Moving a process between cgroups waits for RCU grace periods (~2 ms per v1
+        // controller): it runs beside the readiness wait instead of before it. Until it is
+        // done the instance is in the seed's cgroup; stop and freeze wait for it.
+        let (moved_tx, in_cgroup) = watch::channel(false);
         let instance = ProcessInstance {
             id: iid,
             revision: spec.revision,
@@ -162,11 +173,19 @@ impl Seed {
             state: AtomicU8::new(State::Ready as u8),
             exit,
             pid: None,
+            in_cgroup,
         };
-        let moved = match self.host_pid(nspid) {
-            Some(pid) => instance.cgroup.add(pid).map_err(|e| e.to_string()),
-            None => Err("it ended at once".to_string()),
-        };
+        let cgroup = instance.cgroup.clone();
+        let mover = tokio::task::spawn_blocking(move || {
+            let r = cgroup.add(host_pid);
+            moved_tx.send_replace(true);
+            r
+        });
+        let ready = spec.wait_ready(&instance, &tail, spec.ready.as_deref());
+        let (moved, ready) = tokio::join!(mover, ready);
+        let moved = moved
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(why) = moved {
             self.kill(nspid);
             return Err(StartError(format!(
@@ -174,8 +193,11 @@ impl Seed {
                 tail.render()
             )));
         }
-        spec.wait_ready(&instance, &tail, spec.ready.as_deref())
-            .await?;
+        ready?;
+        tracing::debug!(
+            "forked {id}: pid known after {forked_at:?}, ready and in its cgroup after {:?}",
+            started.elapsed()
+        );
         *instance
             .start_took
             .lock()

@@ -212,9 +212,14 @@ functions:
         "{body}"
     );
     assert_eq!(s.get("/fn/web/").status(), 200);
-    let logs = text(&s.nubo(&["logs", "web"]).stdout);
-    assert!(logs.contains("out of memory"), "{logs}");
-    assert!(logs.contains("exited with status 3"), "{logs}");
+    eventually(
+        Duration::from_secs(5),
+        "both failures in `nubo logs`",
+        || {
+            let logs = text(&s.nubo(&["logs", "web"]).stdout);
+            logs.contains("out of memory") && logs.contains("exited with status 3")
+        },
+    );
 }
 
 #[test]
@@ -245,8 +250,12 @@ functions:
         msg.contains("exited with status 2") && msg.contains("missing DATABASE_URL"),
         "{msg}"
     );
-    let logs = text(&s.nubo(&["logs", "quits"]).stdout);
-    assert!(logs.contains("missing DATABASE_URL"), "{logs}");
+    // Log lines are written in batches: they show up within moments.
+    eventually(
+        Duration::from_secs(5),
+        "the app's stderr in `nubo logs`",
+        || text(&s.nubo(&["logs", "quits"]).stdout).contains("missing DATABASE_URL"),
+    );
 
     let r = s.get("/fn/sleeps/");
     assert_eq!(r.status(), 502);
