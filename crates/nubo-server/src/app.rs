@@ -5,7 +5,6 @@ use crate::AppState;
 use crate::logs::LogWriter;
 use crate::metrics::{Metrics, ModeLabels};
 use nubo_manifest::FunctionSpec;
-use nubo_sandbox::LogRecord;
 use nubo_sandbox::process::{
     AppSpec, Cgroups, Limits, ProcessInstance, PythonApp, Seed, StartError, StartMode,
 };
@@ -85,17 +84,7 @@ impl AppRevision {
         spec: &FunctionSpec,
         dir: PathBuf,
     ) -> Arc<AppRevision> {
-        let logs = state.logs.clone();
-        let fname = function.to_string();
-        let log = Arc::new(move |r: LogRecord| {
-            logs.line(
-                &fname,
-                r.stream,
-                Some(&r.instance),
-                r.invocation.as_deref(),
-                r.line,
-            )
-        });
+        let log = state.logs.sink(function);
         let python = spec.python.as_ref().map(|p| match p {
             nubo_manifest::PythonApp::Wsgi(t) => PythonApp {
                 kind: "wsgi",

@@ -5,7 +5,7 @@ use crate::AppState;
 use crate::app::AppRevision;
 use crate::metrics::{FunctionLabel, ModeLabels, StatusLabels, function_label};
 use nubo_manifest::FunctionSpec;
-use nubo_sandbox::{InstanceConfig, LogRecord, WasmComponent, WasmInstance};
+use nubo_sandbox::{InstanceConfig, WasmComponent, WasmInstance};
 use nubo_scheduler::{Pool, PoolLimits};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -54,17 +54,7 @@ impl WasmRunner {
         spec: &FunctionSpec,
         component: WasmComponent,
     ) -> WasmRunner {
-        let logs = state.logs.clone();
-        let fname = name.to_string();
-        let log = Arc::new(move |r: LogRecord| {
-            logs.line(
-                &fname,
-                r.stream,
-                Some(&r.instance),
-                r.invocation.as_deref(),
-                r.line,
-            )
-        });
+        let log = state.logs.sink(name);
         let pool = Pool::new(PoolLimits {
             max: spec.scale.max as usize,
             queue: spec.scale.queue as usize,

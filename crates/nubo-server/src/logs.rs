@@ -31,6 +31,20 @@ impl LogWriter {
         LogWriter { tx, dropped }
     }
 
+    /// Where a function's instances write their output lines.
+    pub fn sink(&self, function: &str) -> nubo_sandbox::LogFn {
+        let (logs, function) = (self.clone(), function.to_string());
+        Arc::new(move |r: nubo_sandbox::LogRecord| {
+            logs.line(
+                &function,
+                r.stream,
+                Some(&r.instance),
+                r.invocation.as_deref(),
+                r.line,
+            )
+        })
+    }
+
     /// Records one line; never blocks.
     pub fn line(
         &self,

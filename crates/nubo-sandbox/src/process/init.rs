@@ -150,16 +150,13 @@ fn setup(a: &InitArgs) -> Result<(), String> {
             libc::sethostname(host.as_ptr() as *const c_char, host.len()),
             "sethostname",
         )?;
-        let root = cstr("/");
         // Nothing mounted here propagates back to the host.
-        check(
-            libc::mount(
-                std::ptr::null(),
-                root.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ),
+        mount(
+            None,
+            "/",
+            None,
+            libc::MS_REC | libc::MS_PRIVATE,
+            None,
             "making mounts private",
         )?;
         // Every mount read-only, recursively (the app directory included).
@@ -181,15 +178,12 @@ fn setup(a: &InitArgs) -> Result<(), String> {
         if covered {
             std::fs::create_dir_all(&a.app)
                 .map_err(|e| format!("creating {}: {e}", a.app.display()))?;
-            let from = cstr(&format!("/proc/self/fd/{app_fd}"));
-            check(
-                libc::mount(
-                    from.as_ptr(),
-                    app.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ),
+            mount(
+                Some(&format!("/proc/self/fd/{app_fd}")),
+                &a.app.display().to_string(),
+                None,
+                libc::MS_BIND | libc::MS_REC,
+                None,
                 "binding the app directory",
             )?;
             read_only(&a.app.display().to_string(), true)?;
@@ -201,6 +195,31 @@ fn setup(a: &InitArgs) -> Result<(), String> {
         private_dev(a.tmp_size / 4)?;
     }
     Ok(())
+}
+
+/// mount(2) with Rust strings; `what` names the step in the error.
+fn mount(
+    source: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: libc::c_ulong,
+    data: Option<&str>,
+    what: &str,
+) -> Result<(), String> {
+    let (source, target) = (source.map(cstr), cstr(target));
+    let (fstype, data) = (fstype.map(cstr), data.map(cstr));
+    let ptr = |c: &Option<CString>| c.as_ref().map_or(std::ptr::null(), |c| c.as_ptr());
+    // SAFETY: plain syscall on valid, NUL-terminated strings (or NULL).
+    let r = unsafe {
+        libc::mount(
+            ptr(&source),
+            target.as_ptr(),
+            ptr(&fstype),
+            flags,
+            ptr(&data) as *const libc::c_void,
+        )
+    };
+    check(r, what)
 }
 
 /// Makes the mount at `path` (and, `recursive`, those below it) read-only.
@@ -232,20 +251,14 @@ fn read_only(path: &str, recursive: bool) -> Result<(), String> {
 }
 
 fn mount_tmpfs(dir: &str, size: u64, mode: &str) -> Result<(), String> {
-    let tmpfs = cstr("tmpfs");
-    let target = cstr(dir);
-    let opts = cstr(&format!("size={size},mode={mode}"));
-    // SAFETY: plain syscall on valid strings.
-    let r = unsafe {
-        libc::mount(
-            tmpfs.as_ptr(),
-            target.as_ptr(),
-            tmpfs.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            opts.as_ptr() as *const libc::c_void,
-        )
-    };
-    check(r, &format!("mounting a private {dir}"))
+    mount(
+        Some("tmpfs"),
+        dir,
+        Some("tmpfs"),
+        libc::MS_NOSUID | libc::MS_NODEV,
+        Some(&format!("size={size},mode={mode}")),
+        &format!("mounting a private {dir}"),
+    )
 }
 
 /// A `/dev` with only the harmless devices (the host's disks stay out of reach) and a private
@@ -261,18 +274,14 @@ fn private_dev(shm_size: u64) -> Result<(), String> {
         }
         let target = format!("{stage}/{d}");
         std::fs::File::create(&target).map_err(|e| format!("creating {target}: {e}"))?;
-        let (src, dst) = (cstr(&host), cstr(&target));
-        // SAFETY: plain syscall on valid strings.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
-                std::ptr::null(),
-            )
-        };
-        check(r, &format!("binding {host}"))?;
+        mount(
+            Some(&host),
+            &target,
+            None,
+            libc::MS_BIND,
+            None,
+            &format!("binding {host}"),
+        )?;
     }
     for (link, to) in [
         ("fd", "/proc/self/fd"),
@@ -285,18 +294,14 @@ fn private_dev(shm_size: u64) -> Result<(), String> {
     }
     std::fs::create_dir(format!("{stage}/shm")).map_err(|e| format!("creating /dev/shm: {e}"))?;
     mount_tmpfs(&format!("{stage}/shm"), shm_size, "1777")?;
-    let (src, dst) = (cstr(stage), cstr("/dev"));
-    // SAFETY: plain syscall on valid strings.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_MOVE,
-            std::ptr::null(),
-        )
-    };
-    check(r, "moving the private /dev into place")?;
+    mount(
+        Some(stage),
+        "/dev",
+        None,
+        libc::MS_MOVE,
+        None,
+        "moving the private /dev into place",
+    )?;
     let _ = std::fs::remove_dir(stage);
     Ok(())
 }
@@ -351,19 +356,16 @@ fn drop_capabilities() -> Result<(), String> {
 fn namespace_init(a: &InitArgs) -> ! {
     // SAFETY: prctl with plain integers.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
-    let (fstype, target) = (cstr("proc"), cstr("/proc"));
-    // SAFETY: plain syscalls on valid strings.
-    let r = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        )
-    };
-    if r < 0 {
-        fail(&format!("nubo sandbox: mounting /proc: {}", errno()));
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if let Err(e) = mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        flags,
+        None,
+        "mounting /proc",
+    ) {
+        fail(&format!("nubo sandbox: {e}"));
     }
     // SAFETY: still single-threaded.
     let app = unsafe { libc::fork() };
