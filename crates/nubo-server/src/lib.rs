@@ -164,6 +164,16 @@ pub async fn run(
     }
     apps.extend(state.draining.all());
     futures::future::join_all(apps.iter().map(|a| a.stop_all())).await;
+    drop(apps);
+    if let Ok(host) = &state.process_host {
+        // Instances' exit watchers drop the last handles (and cgroups) a moment after they end.
+        for _ in 0..50 {
+            if host.cgroups.remove_base() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
     drop(table);
     state.logs.flush().await;
     Ok(())

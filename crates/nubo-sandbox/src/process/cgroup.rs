@@ -179,9 +179,9 @@ impl Cgroups {
         }
     }
 
-    /// Removes what earlier servers (now gone) left behind under `nubo/`.
-    pub fn clean_stale(&self) {
-        let roots: Vec<PathBuf> = match &self.layout {
+    /// The hierarchy roots (one for v2; one per controller for v1).
+    fn roots(&self) -> Vec<PathBuf> {
+        match &self.layout {
             Layout::V2 { root } => vec![root.clone()],
             Layout::V1 {
                 memory,
@@ -196,39 +196,87 @@ impl Cgroups {
                 pids.clone(),
                 freezer.clone(),
             ],
-        };
-        for root in roots {
-            let Ok(entries) = std::fs::read_dir(root.join("nubo")) else {
-                continue;
-            };
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().to_string();
-                let alive = name
-                    .parse::<i32>()
-                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                if !alive {
-                    if let Ok(children) = std::fs::read_dir(e.path()) {
-                        for c in children.flatten() {
-                            if c.path().is_dir() {
-                                // Frozen leftovers ignore SIGKILL until thawed (v1).
-                                let _ = std::fs::write(c.path().join("freezer.state"), "THAWED");
-                                let _ = std::fs::write(c.path().join("cgroup.freeze"), "0");
-                                let _ = std::fs::write(c.path().join("cgroup.kill"), "1");
-                                let procs = std::fs::read_to_string(c.path().join("cgroup.procs"))
-                                    .unwrap_or_default();
-                                for pid in procs.lines().filter_map(|l| l.trim().parse().ok()) {
-                                    // SAFETY: kill(2) has no memory-safety preconditions.
-                                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                                }
-                                std::thread::sleep(Duration::from_millis(20));
-                                let _ = std::fs::remove_dir(c.path());
-                            }
-                        }
-                    }
-                    let _ = std::fs::remove_dir(e.path());
+        }
+    }
+
+    /// An existing cgroup at `rel` (relative to every hierarchy root), without touching it.
+    fn open(&self, rel: &Path) -> Cgroup {
+        match &self.layout {
+            Layout::V2 { root } => Cgroup {
+                layout: CgroupDirs::V2(root.join(rel)),
+            },
+            Layout::V1 {
+                memory,
+                cpuacct,
+                freezer,
+                ..
+            } => {
+                let mut all: Vec<PathBuf> = self.roots().iter().map(|r| r.join(rel)).collect();
+                all.dedup();
+                Cgroup {
+                    layout: CgroupDirs::V1 {
+                        memory: memory.join(rel),
+                        cpuacct: cpuacct.join(rel),
+                        freezer: freezer.join(rel),
+                        all,
+                    },
                 }
             }
         }
+    }
+
+    /// Removes what earlier servers (now gone, perhaps killed) left behind under `nubo/`:
+    /// instances are thawed and killed first (a frozen v1 task ignores SIGKILL until thawed).
+    pub fn clean_stale(&self) {
+        let mut stale: Vec<(String, String)> = Vec::new();
+        for root in self.roots() {
+            let Ok(servers) = std::fs::read_dir(root.join("nubo")) else {
+                continue;
+            };
+            for server in servers.flatten().filter(|e| e.path().is_dir()) {
+                let name = server.file_name().to_string_lossy().to_string();
+                let alive = name
+                    .parse::<i32>()
+                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                if alive {
+                    continue;
+                }
+                let Ok(instances) = std::fs::read_dir(server.path()) else {
+                    continue;
+                };
+                for i in instances.flatten().filter(|e| e.path().is_dir()) {
+                    let pair = (name.clone(), i.file_name().to_string_lossy().to_string());
+                    if !stale.contains(&pair) {
+                        stale.push(pair);
+                    }
+                }
+                stale.push((name, String::new()));
+            }
+        }
+        for (server, instance) in &stale {
+            if instance.is_empty() {
+                continue;
+            }
+            let cg = self.open(&Path::new("nubo").join(server).join(instance));
+            let _ = cg.thaw();
+            cg.kill(); // waits until empty; dropping it removes the directories
+        }
+        for (server, _) in stale {
+            for root in self.roots() {
+                let _ = std::fs::remove_dir(root.join("nubo").join(&server));
+            }
+        }
+    }
+
+    /// Removes this server's (empty) base directories, at shutdown; false while instance
+    /// cgroups are still there.
+    pub fn remove_base(&self) -> bool {
+        let mut all = true;
+        for root in self.roots() {
+            let dir = root.join(&self.base);
+            all &= !dir.exists() || std::fs::remove_dir(&dir).is_ok();
+        }
+        all
     }
 }
 
