@@ -98,20 +98,33 @@ pub async fn get(client: &Client, name: &str, output: Output) -> anyhow::Result<
     }
     let i = &f["instances"];
     println!(
-        "instances {} busy, {} starting, {} idle, {} waiting",
+        "instances {} busy, {} starting, {} idle, {} frozen, {} waiting",
         s(&i["busy"]),
         s(&i["starting"]),
         s(&i["idle"]),
+        s(&i["frozen"]),
         s(&i["waiting"])
     );
     let spec = &f["spec"];
+    let per_kind = if spec["kind"] == "wasm" {
+        format!("reuse {}", s(&spec["reuse"]))
+    } else {
+        format!(
+            "concurrency {}, warm {}, scale min {}",
+            s(&spec["concurrency"]),
+            s(&spec["warm"]),
+            s(&spec["scale"]["min"])
+        )
+    };
     println!(
-        "limits    memory {}, timeout {}, reuse {}, scale max {}",
+        "limits    memory {}, timeout {}, {per_kind}, scale max {}",
         s(&spec["memory"]),
         s(&spec["timeout"]),
-        s(&spec["reuse"]),
         s(&spec["scale"]["max"])
     );
+    if spec["kind"] != "wasm" {
+        println!("          (per instance: nubo top {})", s(&f["name"]));
+    }
     println!();
     let mut t = table(&["revision", "digest", "age"]);
     for r in f["revisions"].as_array().into_iter().flatten() {
