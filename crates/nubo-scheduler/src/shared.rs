@@ -379,7 +379,6 @@ impl<I: Send + Sync + 'static> SharedPool<I> {
         Some(inner.members.drain(..).map(|m| m.instance).collect())
     }
 
-    /// Returns a share; `served` counts a request, `fresh` hands the start report on.
     /// Empties the pool whatever is in flight (at shutdown) and returns its instances.
     pub fn drain_all(&self) -> Vec<Arc<I>> {
         let mut inner = self.lock();
@@ -387,6 +386,7 @@ impl<I: Send + Sync + 'static> SharedPool<I> {
         inner.members.drain(..).map(|m| m.instance).collect()
     }
 
+    /// Returns a share; `served` counts a request, `fresh` hands the start report on.
     fn give_back(&self, instance: &Arc<I>, served: bool, fresh: bool) {
         let mut inner = self.lock();
         let Some(i) = inner

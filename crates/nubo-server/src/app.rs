@@ -206,6 +206,10 @@ impl AppRevision {
                 py.target
             ))
         })?;
+        if self.retired.load(Ordering::SeqCst) {
+            seed.instance.stop(Duration::ZERO).await;
+            return Ok(());
+        }
         *lock(&self.seed) = Some(Arc::new(seed));
         Ok(())
     }
@@ -213,16 +217,14 @@ impl AppRevision {
     /// Before traffic moves here: the seed, `scale.min` started instances and `warm` frozen
     /// ones. An error (the app does not start) fails the deploy.
     pub async fn prepare(self: &Arc<Self>) -> Result<(), StartError> {
-        if let Some(py) = &self.python {
-            let id = format!("{}-r{}-seed", self.function, self.revision);
-            let seed = Seed::start(&self.spec, py, &id).await.map_err(|e| {
-                StartError(format!(
-                    "the Python seed (importing {}) failed: {e}",
-                    py.target
-                ))
-            })?;
-            *lock(&self.seed) = Some(Arc::new(seed));
-        }
+        let result = self.prepare_inner().await;
+        // Upkeep (reaping, `min`, seed restarts) may run from now on, whatever happened.
+        self.prepared.store(true, Ordering::SeqCst);
+        result
+    }
+
+    async fn prepare_inner(self: &Arc<Self>) -> Result<(), StartError> {
+        self.start_seed().await?;
         let min = self.pool.limits().min.min(self.pool.limits().max);
         let mut started = Vec::new();
         for _ in 0..min {
@@ -232,6 +234,8 @@ impl AppRevision {
         for r in futures::future::join_all(started).await {
             // Every instance that did start joins the pool, so a retire stops it.
             match r {
+                // Retired meanwhile (a newer deploy, or shutdown): nobody will stop it later.
+                Ok(i) if self.retired.load(Ordering::SeqCst) => i.stop(Duration::ZERO).await,
                 Ok(i) => self.pool.insert(i),
                 Err(e) => failed = Some(e),
             }
@@ -245,7 +249,6 @@ impl AppRevision {
                 failed = Some(e);
             }
         }
-        self.prepared.store(true, Ordering::SeqCst);
         failed.map_or(Ok(()), Err)
     }
 
@@ -427,8 +430,11 @@ impl AppRevision {
         let app = self.clone();
         tokio::spawn(async move {
             let instances = loop {
-                // Warm starts under way finish (and are stopped) before the last sweep.
+                // Starts under way (warm, `prepare`, a seed restart) finish, and stop
+                // themselves, before the last sweep.
                 if app.warming.load(Ordering::SeqCst) == 0
+                    && app.prepared.load(Ordering::SeqCst)
+                    && !app.seed_restarting.load(Ordering::SeqCst)
                     && let Some(all) = app.pool.drain_if_quiet()
                 {
                     break all;

@@ -125,7 +125,10 @@ pub async fn run(
     }
     let state = Arc::new(AppState {
         process_host,
-        apps_dir: opts.data_dir.join("apps"),
+        // The same (canonical) path the sandbox hides and binds the app back under.
+        apps_dir: std::fs::canonicalize(&opts.data_dir)
+            .unwrap_or_else(|_| opts.data_dir.clone())
+            .join("apps"),
         draining: app::Draining::default(),
         stop_grace: opts.stop_grace,
         proxy: proxy::client(),

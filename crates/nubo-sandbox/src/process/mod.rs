@@ -108,8 +108,6 @@ pub struct ProcessInstance {
     exit: Arc<watch::Sender<Option<Exit>>>,
     /// The sandbox init, for `new` instances (forked ones are signalled through the cgroup).
     pid: Option<u32>,
-    /// False while a forked instance is still being moved into its cgroup (see `seed.rs`).
-    in_cgroup: watch::Receiver<bool>,
 }
 
 impl ProcessInstance {
@@ -174,17 +172,8 @@ impl ProcessInstance {
         }
     }
 
-    /// Blocks until the instance's processes are all in its cgroup (at most 2 s).
-    fn wait_in_cgroup(&self) {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while !*self.in_cgroup.borrow() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
     /// Freezes every process of the instance (blocking; run off the async threads).
     pub fn freeze(&self) -> std::io::Result<()> {
-        self.wait_in_cgroup();
         self.cgroup.freeze()?;
         self.set_state(State::Frozen);
         Ok(())
@@ -203,9 +192,6 @@ impl ProcessInstance {
     /// SIGTERM, up to `grace` to finish, then SIGKILL to every process left in the cgroup.
     pub async fn stop(&self, grace: Duration) {
         self.set_state(State::Stopping);
-        // Signals go through the cgroup: a forked instance must have arrived there.
-        let mut moved = self.in_cgroup.clone();
-        let _ = tokio::time::timeout(Duration::from_secs(2), moved.wait_for(|m| *m)).await;
         let cg = self.cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || cg.thaw()).await;
         if self.exited().is_none() {
@@ -362,7 +348,6 @@ impl AppSpec {
             created: started,
             start_took: Mutex::new(Duration::ZERO),
             pid: child.id(),
-            in_cgroup: watch::channel(true).1,
             cgroup: Arc::new(cgroup),
             state: AtomicU8::new(State::Ready as u8),
             exit: exit.clone(),
@@ -381,7 +366,11 @@ impl AppSpec {
                 }));
             });
         }
-        self.wait_ready(&instance, &tail, ready).await?;
+        if let Err(e) = self.wait_ready(&instance, &tail, ready).await {
+            // Stopped here, not by `Drop`, whose cgroup kill would block an async thread.
+            instance.stop(Duration::ZERO).await;
+            return Err(e);
+        }
         *instance
             .start_took
             .lock()

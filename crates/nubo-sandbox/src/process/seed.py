@@ -5,7 +5,8 @@
 #
 # The seed listens on 127.0.0.1:$PORT once the app is imported: that is its readiness signal.
 # Control messages travel over fd 3 (a SOCK_SEQPACKET socket, one message per packet):
-#   nubo -> seed: "fork <port> <instance-id>" with two fds attached: the child's stdout, stderr
+#   nubo -> seed: "fork <port> <instance-id>" with three fds attached: the child's stdout and
+#                 stderr, and a pipe on which one byte says "you are in your cgroup: go"
 #   seed -> nubo: "forked <instance-id> <pid>" (or "failed <instance-id> <why>") and, whenever a
 #                 child ends, "exit <pid> <status>"
 #   nubo -> seed: "kill <pid>" for a child nobody waits for any more
@@ -143,19 +144,23 @@ def send(line):
         pass
 
 
-def fork(port, iid, out, err):
+def fork(port, iid, out, err, go):
     try:
         pid = os.fork()
     except OSError as e:  # out of pids or memory: this instance fails, the seed lives on
-        os.close(out)
-        os.close(err)
+        for fd in (out, err, go):
+            os.close(fd)
         send(f"failed {iid} {e}")
         return
     if pid:
-        os.close(out)
-        os.close(err)
+        for fd in (out, err, go):
+            os.close(fd)
         send(f"forked {iid} {pid}")
         return
+    # Nothing runs before the server has moved this child into its own cgroup.
+    if os.read(go, 1) != b"g":
+        os._exit(1)
+    os.close(go)
     # The child: drop the seed's sockets and signal plumbing, then become an instance.
     try:
         signal.set_wakeup_fd(-1)
@@ -207,12 +212,12 @@ while True:
                     what = f"killed by signal {os.WTERMSIG(status)}"
                 send(f"exit {pid} {what}")
         else:
-            msg, fds, _, _ = socket.recv_fds(control, 1024, 2)
+            msg, fds, _, _ = socket.recv_fds(control, 1024, 3)
             if not msg:
                 sys.exit(0)  # the server is gone
             parts = msg.decode().split()
-            if len(parts) == 3 and parts[0] == "fork" and len(fds) == 2:
-                fork(int(parts[1]), parts[2], fds[0], fds[1])
+            if len(parts) == 3 and parts[0] == "fork" and len(fds) == 3:
+                fork(int(parts[1]), parts[2], fds[0], fds[1], fds[2])
             elif len(parts) == 2 and parts[0] == "kill":
                 try:
                     os.kill(int(parts[1]), signal.SIGKILL)

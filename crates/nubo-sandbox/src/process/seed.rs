@@ -111,6 +111,7 @@ impl Seed {
         );
         let (out_r, out_w) = pipe().map_err(|e| fail("creating a pipe", &e))?;
         let (err_r, err_w) = pipe().map_err(|e| fail("creating a pipe", &e))?;
+        let (go_r, go_w) = pipe().map_err(|e| fail("creating a pipe", &e))?;
         let (tx, rx) = oneshot::channel();
         let (exit_tx, _) = watch::channel(None);
         let exit = Arc::new(exit_tx);
@@ -123,15 +124,13 @@ impl Seed {
             },
         );
         let msg = format!("fork {port} {id}");
-        if let Err(e) = send_with_fds(
-            &self.control,
-            msg.as_bytes(),
-            &[out_w.as_raw_fd(), err_w.as_raw_fd()],
-        ) {
+        let fds = [out_w.as_raw_fd(), err_w.as_raw_fd(), go_r.as_raw_fd()];
+        if let Err(e) = send_waiting(&self.control, msg.as_bytes(), &fds, spec.start_timeout).await
+        {
             self.lock().pending.remove(id);
             return Err(fail("asking the seed to fork", &e));
         }
-        drop((out_w, err_w));
+        drop((out_w, err_w, go_r));
         let iid: Arc<str> = id.into();
         let tail = StderrTail::default();
         for (fd, stream, tail) in [
@@ -158,10 +157,24 @@ impl Seed {
                 tail.render()
             )));
         };
-        // Moving a process between cgroups waits for RCU grace periods (~2 ms per v1
-        // controller): it runs beside the readiness wait instead of before it. Until it is
-        // done the instance is in the seed's cgroup; stop and freeze wait for it.
-        let (moved_tx, in_cgroup) = watch::channel(false);
+        // The child waits on the `go` pipe until it is in its own cgroup, so its memory and
+        // processes count against its own limits from its first page on. (On cgroup v1 a
+        // move waits for RCU grace periods, ~2 ms per controller: most of a fork's time.)
+        let cg = cgroup.clone();
+        let moved = tokio::task::spawn_blocking(move || cg.add(host_pid))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        let moved = moved.and_then(|()| {
+            // SAFETY: writing one byte from a live buffer to a pipe we own.
+            let n = unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error().to_string())
+            }
+        });
+        drop(go_w);
         let instance = ProcessInstance {
             id: iid,
             revision: spec.revision,
@@ -173,29 +186,25 @@ impl Seed {
             state: AtomicU8::new(State::Ready as u8),
             exit,
             pid: None,
-            in_cgroup,
         };
-        let cgroup = instance.cgroup.clone();
-        let mover = tokio::task::spawn_blocking(move || {
-            let r = cgroup.add(host_pid);
-            moved_tx.send_replace(true);
-            r
-        });
-        let ready = spec.wait_ready(&instance, &tail, spec.ready.as_deref());
-        let (moved, ready) = tokio::join!(mover, ready);
-        let moved = moved
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
         if let Err(why) = moved {
             self.kill(nspid);
+            instance.stop(Duration::ZERO).await;
             return Err(StartError(format!(
                 "the forked instance could not be moved into its cgroup: {why}{}",
                 tail.render()
             )));
         }
-        ready?;
+        if let Err(e) = spec
+            .wait_ready(&instance, &tail, spec.ready.as_deref())
+            .await
+        {
+            self.kill(nspid);
+            instance.stop(Duration::ZERO).await;
+            return Err(e);
+        }
         tracing::debug!(
-            "forked {id}: pid known after {forked_at:?}, ready and in its cgroup after {:?}",
+            "forked {id}: pid known after {forked_at:?}, ready after {:?}",
             started.elapsed()
         );
         *instance
@@ -229,7 +238,14 @@ impl Seed {
 /// Reads the seed's messages until it closes the socket (it ended).
 fn read_control(fd: OwnedFd, children: Arc<Mutex<Children>>) {
     let kill = |pid: &str| {
-        let _ = send_with_fds(&fd, format!("kill {pid}").as_bytes(), &[]);
+        for _ in 0..1000 {
+            match send_with_fds(&fd, format!("kill {pid}").as_bytes(), &[]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                _ => return,
+            }
+        }
     };
     let mut buf = [0u8; 512];
     loop {
@@ -310,6 +326,24 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
             return Err(std::io::Error::last_os_error());
         }
         Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// Sends like [`send_with_fds`], waiting (up to `limit`) while the seed's queue is full.
+async fn send_waiting(
+    sock: &OwnedFd,
+    bytes: &[u8],
+    fds: &[RawFd],
+    limit: Duration,
+) -> std::io::Result<()> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match send_with_fds(sock, bytes, fds) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(1)).await
+            }
+            other => return other,
+        }
     }
 }
 
