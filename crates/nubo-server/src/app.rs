@@ -6,7 +6,7 @@ use crate::logs::LogWriter;
 use crate::metrics::{Metrics, ModeLabels};
 use nubo_manifest::FunctionSpec;
 use nubo_sandbox::process::{
-    AppSpec, Cgroups, Limits, ProcessInstance, PythonApp, Seed, StartError, StartMode,
+    AppSpec, Cgroups, Limits, Parked, ProcessInstance, PythonApp, Seed, StartError, StartMode,
 };
 use nubo_scheduler::{SharedLimits, SharedPool};
 use std::collections::HashMap;
@@ -32,6 +32,9 @@ pub struct AppRevision {
     pub pool: Arc<Pool>,
     python: Option<PythonApp>,
     seed: Mutex<Option<Arc<Seed>>>,
+    /// A child forked ahead and parked in its cgroup (see `Seed::park`).
+    spare: Mutex<Option<Parked>>,
+    sparing: std::sync::atomic::AtomicBool,
     seed_restarting: std::sync::atomic::AtomicBool,
     /// Set once `prepare` has run: upkeep waits for it (no double `min`/`warm` starts).
     prepared: std::sync::atomic::AtomicBool,
@@ -146,6 +149,8 @@ impl AppRevision {
             pool: pool.clone(),
             python,
             seed: Mutex::new(None),
+            spare: Mutex::new(None),
+            sparing: Default::default(),
             seed_restarting: Default::default(),
             prepared: Default::default(),
             retired: Default::default(),
@@ -225,6 +230,7 @@ impl AppRevision {
 
     async fn prepare_inner(self: &Arc<Self>) -> Result<(), StartError> {
         self.start_seed().await?;
+        self.refill_spare();
         let min = self.pool.limits().min.min(self.pool.limits().max);
         let mut started = Vec::new();
         for _ in 0..min {
@@ -270,12 +276,26 @@ impl AppRevision {
         } else {
             StartMode::New
         };
+        // A parked spare (forked and in its cgroup already) is the fast way to fork.
+        let spare = seed.as_ref().and_then(|_| lock(&self.spare).take());
+        let id = spare.as_ref().map_or(id, |p| p.id().clone());
         lock(&self.starting).insert(id.clone(), (mode, Instant::now()));
-        let result = match &seed {
-            Some(s) => s.fork(&self.spec, &id).await,
-            None => self.spec.start_new(&id).await,
+        let result = match (&seed, spare) {
+            (Some(s), Some(parked)) => match s.go(&self.spec, parked).await {
+                Ok(i) => Ok(i),
+                // The spare died while parked: fork afresh.
+                Err(e) => {
+                    self.log(Some(&id), &format!("the parked spare failed: {e}"));
+                    s.fork(&self.spec, &self.next_id()).await
+                }
+            },
+            (Some(s), None) => s.fork(&self.spec, &id).await,
+            (None, _) => self.spec.start_new(&id).await,
         };
         lock(&self.starting).remove(&id);
+        if seed.is_some() {
+            self.refill_spare();
+        }
         match result {
             Ok(i) => {
                 let i = Arc::new(i);
@@ -291,6 +311,28 @@ impl AppRevision {
                 Err(e)
             }
         }
+    }
+
+    /// Parks one forked child for the next fork, in the background.
+    fn refill_spare(self: &Arc<Self>) {
+        if self.retired.load(Ordering::SeqCst)
+            || lock(&self.spare).is_some()
+            || self.sparing.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let app = self.clone();
+        tokio::spawn(async move {
+            if let Some(seed) = app.seed() {
+                match seed.park(&app.spec, &app.next_id()).await {
+                    // Retired meanwhile: dropping it lets the child exit.
+                    Ok(p) if !app.retired.load(Ordering::SeqCst) => *lock(&app.spare) = Some(p),
+                    Ok(_) => {}
+                    Err(e) => app.log(None, &format!("parking a spare fork failed: {e}")),
+                }
+            }
+            app.sparing.store(false, Ordering::SeqCst);
+        });
     }
 
     fn count_start(&self, i: &ProcessInstance) {
@@ -414,9 +456,11 @@ impl AppRevision {
             let app = self.clone();
             tokio::spawn(async move {
                 *lock(&app.seed) = None;
+                drop(lock(&app.spare).take()); // it died with its seed
                 app.log(None, "the seed ended; starting it again");
-                if let Err(e) = app.start_seed().await {
-                    app.log(None, &e.0);
+                match app.start_seed().await {
+                    Ok(()) => app.refill_spare(),
+                    Err(e) => app.log(None, &e.0),
                 }
                 app.seed_restarting.store(false, Ordering::SeqCst);
             });
@@ -435,6 +479,7 @@ impl AppRevision {
                 if app.warming.load(Ordering::SeqCst) == 0
                     && app.prepared.load(Ordering::SeqCst)
                     && !app.seed_restarting.load(Ordering::SeqCst)
+                    && !app.sparing.load(Ordering::SeqCst)
                     && let Some(all) = app.pool.drain_if_quiet()
                 {
                     break all;
@@ -444,6 +489,7 @@ impl AppRevision {
             for i in std::mem::take(&mut *lock(&app.frozen)) {
                 tokio::spawn(async move { i.stop(Duration::ZERO).await });
             }
+            drop(lock(&app.spare).take());
             let grace = app.stop_grace;
             futures::future::join_all(instances.iter().map(|i| i.stop(grace))).await;
             let seed = lock(&app.seed).take();
@@ -457,6 +503,7 @@ impl AppRevision {
     pub async fn stop_all(&self) {
         self.retired.store(true, Ordering::SeqCst);
         let mut all: Vec<Arc<ProcessInstance>> = std::mem::take(&mut *lock(&self.frozen));
+        drop(lock(&self.spare).take());
         all.extend(self.pool.drain_all());
         futures::future::join_all(all.iter().map(|i| i.stop(Duration::from_secs(1)))).await;
         let seed = lock(&self.seed).take();

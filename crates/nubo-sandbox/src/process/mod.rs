@@ -16,7 +16,7 @@ mod logs;
 mod seed;
 
 pub use cgroup::{Cgroup, Cgroups, Limits};
-pub use seed::{PythonApp, Seed};
+pub use seed::{Parked, PythonApp, Seed};
 
 use crate::LogFn;
 use logs::{StderrTail, pump};

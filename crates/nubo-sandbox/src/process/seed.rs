@@ -60,6 +60,25 @@ struct Children {
     running: HashMap<u32, (ExitSender, Arc<super::Cgroup>)>,
 }
 
+/// A forked child in its own cgroup, waiting to import the app and serve. Dropped, its `go`
+/// pipe closes and the child exits by itself.
+pub struct Parked {
+    id: Arc<str>,
+    revision: i64,
+    port: u16,
+    cgroup: Arc<super::Cgroup>,
+    exit: ExitSender,
+    tail: StderrTail,
+    go: OwnedFd,
+    nspid: u32,
+}
+
+impl Parked {
+    pub fn id(&self) -> &Arc<str> {
+        &self.id
+    }
+}
+
 pub struct Seed {
     /// The seed's own sandbox.
     pub instance: ProcessInstance,
@@ -101,6 +120,14 @@ impl Seed {
 
     /// Forks a new instance from the seed and waits until it is ready.
     pub async fn fork(&self, spec: &AppSpec, id: &str) -> Result<ProcessInstance, StartError> {
+        let parked = self.park(spec, id).await?;
+        self.go(spec, parked).await
+    }
+
+    /// Forks a child and moves it into its own cgroup, where it waits (before it imports
+    /// anything) for [`Seed::go`]. Moving is most of a fork's cost on cgroup v1, so a parked
+    /// spare takes it off the path of the request that needs the instance.
+    pub async fn park(&self, spec: &AppSpec, id: &str) -> Result<Parked, StartError> {
         let started = Instant::now();
         let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
         let port = free_port().map_err(|e| fail("finding a free port", &e))?;
@@ -161,23 +188,57 @@ impl Seed {
         // processes count against its own limits from its first page on. (On cgroup v1 a
         // move waits for RCU grace periods, ~2 ms per controller: most of a fork's time.)
         let cg = cgroup.clone();
-        let moved = tokio::task::spawn_blocking(move || cg.add(host_pid))
+        let moved: Result<(), String> = tokio::task::spawn_blocking(move || cg.add(host_pid))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
-        let moved = moved.and_then(|()| {
-            // SAFETY: writing one byte from a live buffer to a pipe we own.
-            let n = unsafe { libc::write(go_w.as_raw_fd(), b"g".as_ptr().cast(), 1) };
-            if n == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error().to_string())
-            }
-        });
-        drop(go_w);
-        let instance = ProcessInstance {
+        if let Err(why) = moved {
+            self.kill(nspid);
+            return Err(StartError(format!(
+                "the forked instance could not be moved into its cgroup: {why}{}",
+                tail.render()
+            )));
+        }
+        tracing::debug!(
+            "parked {id}: pid known after {forked_at:?}, in its cgroup after {:?}",
+            started.elapsed()
+        );
+        Ok(Parked {
             id: iid,
             revision: spec.revision,
+            port,
+            cgroup,
+            exit,
+            tail,
+            go: go_w,
+            nspid,
+        })
+    }
+
+    /// Lets a parked child go on: it imports the app and serves; returns once it is ready.
+    pub async fn go(&self, spec: &AppSpec, parked: Parked) -> Result<ProcessInstance, StartError> {
+        let started = Instant::now();
+        let Parked {
+            id,
+            revision,
+            port,
+            cgroup,
+            exit,
+            tail,
+            go,
+            nspid,
+        } = parked;
+        // SAFETY: writing one byte from a live buffer to a pipe we own.
+        let n = unsafe { libc::write(go.as_raw_fd(), b"g".as_ptr().cast(), 1) };
+        let went = if n == 1 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        };
+        drop(go);
+        let instance = ProcessInstance {
+            id,
+            revision,
             port,
             mode: AtomicU8::new(StartMode::Fork as u8),
             created: started,
@@ -187,26 +248,21 @@ impl Seed {
             exit,
             pid: None,
         };
-        if let Err(why) = moved {
-            self.kill(nspid);
-            instance.stop(Duration::ZERO).await;
-            return Err(StartError(format!(
-                "the forked instance could not be moved into its cgroup: {why}{}",
+        let ready = match went {
+            Ok(()) => {
+                spec.wait_ready(&instance, &tail, spec.ready.as_deref())
+                    .await
+            }
+            Err(e) => Err(StartError(format!(
+                "the parked instance is gone: {e}{}",
                 tail.render()
-            )));
-        }
-        if let Err(e) = spec
-            .wait_ready(&instance, &tail, spec.ready.as_deref())
-            .await
-        {
+            ))),
+        };
+        if let Err(e) = ready {
             self.kill(nspid);
             instance.stop(Duration::ZERO).await;
             return Err(e);
         }
-        tracing::debug!(
-            "forked {id}: pid known after {forked_at:?}, ready after {:?}",
-            started.elapsed()
-        );
         *instance
             .start_took
             .lock()
