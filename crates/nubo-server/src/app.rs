@@ -11,15 +11,11 @@ use nubo_sandbox::process::{
 use nubo_scheduler::{SharedLimits, SharedPool};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 pub type Pool = SharedPool<ProcessInstance>;
-
-/// Instance numbers are unique per server, so cgroup names never collide (revision numbers
-/// start again when a function is removed and deployed anew).
-static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 /// Processes (and threads) one instance may have: enough for a threaded server, too few for a
 /// fork bomb to hurt the host.
@@ -187,8 +183,7 @@ impl AppRevision {
     }
 
     fn next_id(&self) -> Arc<str> {
-        let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
-        format!("{}-r{}-{n:x}", self.function, self.revision).into()
+        crate::live::instance_id(&self.function, self.revision).into()
     }
 
     fn seed(&self) -> Option<Arc<Seed>> {
@@ -203,8 +198,7 @@ impl AppRevision {
         if self.retired.load(Ordering::SeqCst) {
             return Ok(());
         }
-        let n = NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-r{}-seed-{n:x}", self.function, self.revision);
+        let id = format!("{}-seed", self.next_id());
         let seed = Seed::start(&self.spec, py, &id).await.map_err(|e| {
             StartError(format!(
                 "the Python seed (importing {}) failed: {e}",

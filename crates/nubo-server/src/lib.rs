@@ -119,16 +119,17 @@ pub async fn run(
         .with_context(|| format!("listening on {}", opts.listen))?;
     let addr = listener.local_addr()?;
     let metrics = Arc::new(metrics::Metrics::new());
-    let process_host = process_host(&opts);
+    // The store is open, so the data dir exists: one canonical path for the apps under it and
+    // for the sandbox, which hides it and binds the apps back at the same path.
+    let data_dir = std::fs::canonicalize(&opts.data_dir)
+        .with_context(|| format!("resolving {}", opts.data_dir.display()))?;
+    let process_host = process_host(&opts, &data_dir);
     if let Err(why) = &process_host {
         tracing::warn!("process functions are not available: {why}");
     }
     let state = Arc::new(AppState {
         process_host,
-        // The same (canonical) path the sandbox hides and binds the app back under.
-        apps_dir: std::fs::canonicalize(&opts.data_dir)
-            .unwrap_or_else(|_| opts.data_dir.clone())
-            .join("apps"),
+        apps_dir: data_dir.join("apps"),
         draining: app::Draining::default(),
         stop_grace: opts.stop_grace,
         proxy: proxy::client(),
@@ -183,7 +184,10 @@ pub async fn run(
 }
 
 /// Process functions need root, cgroups and the sandbox init binary.
-fn process_host(opts: &ServerOptions) -> Result<app::ProcessHost, String> {
+fn process_host(
+    opts: &ServerOptions,
+    data_dir: &std::path::Path,
+) -> Result<app::ProcessHost, String> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err("the server does not run as root (namespaces and cgroups need it)".into());
@@ -194,12 +198,10 @@ fn process_host(opts: &ServerOptions) -> Result<app::ProcessHost, String> {
         Some(p) => p.clone(),
         None => std::env::current_exe().map_err(|e| format!("finding the nubo binary: {e}"))?,
     };
-    let data_dir = std::fs::canonicalize(&opts.data_dir)
-        .map_err(|e| format!("resolving {}: {e}", opts.data_dir.display()))?;
     Ok(app::ProcessHost {
         cgroups: Arc::new(cgroups),
         init_exe,
-        data_dir,
+        data_dir: data_dir.to_path_buf(),
     })
 }
 

@@ -24,7 +24,6 @@ pub struct LiveFunction {
     pub runner: Runner,
     /// Memory limit in GB, for usage.
     pub gb: f64,
-    next_instance: AtomicU64,
     pub label: FunctionLabel,
     pub duration: Histogram,
     pub inflight: Gauge,
@@ -107,7 +106,6 @@ impl LiveFunction {
             spec,
             digest: digest.to_string(),
             runner,
-            next_instance: AtomicU64::new(1),
             duration: m.duration.get_or_create(&label).clone(),
             inflight: m.inflight.get_or_create(&label).clone(),
             cold_new: m.cold_starts.get_or_create(&mode).clone(),
@@ -125,9 +123,16 @@ impl LiveFunction {
     }
 
     pub fn next_instance_id(&self) -> String {
-        let n = self.next_instance.fetch_add(1, Ordering::Relaxed);
-        format!("{}-r{}-{n:x}", self.name, self.revision)
+        instance_id(&self.name, self.revision)
     }
+}
+
+/// `<function>-r<revision>-<n>`, `n` unique per server: revision numbers start again when a
+/// function is removed and deployed anew, and process instances name their cgroups by it.
+pub fn instance_id(function: &str, revision: i64) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{function}-r{revision}-{n:x}")
 }
 
 /// Reclaims instances idle longer than their function's `scale.idle`; keeps process functions'

@@ -143,6 +143,10 @@ impl ProcessInstance {
         *self.start_took.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn set_start_took(&self, took: Duration) {
+        *self.start_took.lock().unwrap_or_else(|p| p.into_inner()) = took;
+    }
+
     pub fn cpu_seconds(&self) -> f64 {
         self.cgroup.cpu_seconds()
     }
@@ -185,7 +189,7 @@ impl ProcessInstance {
         self.cgroup.thaw()?;
         self.set_state(State::Ready);
         self.set_mode(StartMode::Thaw);
-        *self.start_took.lock().unwrap_or_else(|p| p.into_inner()) = t.elapsed();
+        self.set_start_took(t.elapsed());
         Ok(())
     }
 
@@ -371,10 +375,7 @@ impl AppSpec {
             instance.stop(Duration::ZERO).await;
             return Err(e);
         }
-        *instance
-            .start_took
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = started.elapsed();
+        instance.set_start_took(started.elapsed());
         Ok(instance)
     }
 

@@ -263,16 +263,13 @@ impl Seed {
             instance.stop(Duration::ZERO).await;
             return Err(e);
         }
-        *instance
-            .start_took
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = started.elapsed();
+        instance.set_start_took(started.elapsed());
         Ok(instance)
     }
 
     /// Asks the seed to kill one of its children.
     fn kill(&self, nspid: u32) {
-        let _ = send_with_fds(&self.control, format!("kill {nspid}").as_bytes(), &[]);
+        send_kill(&self.control, nspid);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Children> {
@@ -293,16 +290,6 @@ impl Seed {
 
 /// Reads the seed's messages until it closes the socket (it ended).
 fn read_control(fd: OwnedFd, children: Arc<Mutex<Children>>) {
-    let kill = |pid: &str| {
-        for _ in 0..1000 {
-            match send_with_fds(&fd, format!("kill {pid}").as_bytes(), &[]) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(1))
-                }
-                _ => return,
-            }
-        }
-    };
     let mut buf = [0u8; 512];
     loop {
         // SAFETY: reading into a buffer we own.
@@ -323,11 +310,12 @@ fn read_control(fd: OwnedFd, children: Arc<Mutex<Children>>) {
                         // Registered before anyone hears of the pid: no exit can be missed.
                         c.running.insert(n, (p.exit, p.cgroup));
                         if p.pid.send(Ok(n)).is_err() {
-                            kill(pid);
+                            send_kill(&fd, n);
                         }
                     }
                     // Nobody waits for it any more (timed out): it must not live on.
-                    _ => kill(pid),
+                    (None, Ok(n)) => send_kill(&fd, n),
+                    (_, Err(_)) => tracing::warn!("a seed reported a bad pid: {line:?}"),
                 }
             }
             (Some("failed"), Some(id), Some(why)) => {
@@ -382,6 +370,20 @@ fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
             return Err(std::io::Error::last_os_error());
         }
         Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
+    }
+}
+
+/// Asks the seed to kill child `nspid`, retrying for up to a second while its queue is full
+/// (an orphaned child must not live on). Blocks: called from the reader thread and on errors.
+fn send_kill(sock: &OwnedFd, nspid: u32) {
+    let msg = format!("kill {nspid}");
+    for _ in 0..1000 {
+        match send_with_fds(sock, msg.as_bytes(), &[]) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            _ => return,
+        }
     }
 }
 
