@@ -350,7 +350,7 @@ impl AppRevision {
             let Some(app) = weak.upgrade() else { return };
             app.pool.remove(&i);
             lock(&app.frozen).retain(|f| !Arc::ptr_eq(f, &i));
-            if i.state() != nubo_sandbox::process::State::Stopping {
+            if !i.stopping() {
                 let why = if exit.oom {
                     format!(
                         "instance ended: {} (out of memory: limit {} bytes)",

@@ -21,7 +21,7 @@ pub use seed::{Parked, PythonApp, Seed};
 use crate::LogFn;
 use logs::{StderrTail, pump};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -83,13 +83,6 @@ pub struct Exit {
     pub oom: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    Ready,
-    Frozen,
-    Stopping,
-}
-
 /// A start that did not end with a ready instance.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -104,7 +97,7 @@ pub struct ProcessInstance {
     /// How long the start took (for thawed ones: the thaw).
     start_took: Mutex<Duration>,
     cgroup: Arc<Cgroup>,
-    state: AtomicU8,
+    stopping: AtomicBool,
     exit: Arc<watch::Sender<Option<Exit>>>,
     /// The sandbox init, for `new` instances (forked ones are signalled through the cgroup).
     pid: Option<u32>,
@@ -123,16 +116,9 @@ impl ProcessInstance {
         self.mode.store(mode as u8, Ordering::Relaxed);
     }
 
-    pub fn state(&self) -> State {
-        match self.state.load(Ordering::Relaxed) {
-            1 => State::Frozen,
-            2 => State::Stopping,
-            _ => State::Ready,
-        }
-    }
-
-    fn set_state(&self, s: State) {
-        self.state.store(s as u8, Ordering::Relaxed);
+    /// Nubo is stopping it (so its end is expected, not a crash).
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     pub fn age(&self) -> Duration {
@@ -178,16 +164,13 @@ impl ProcessInstance {
 
     /// Freezes every process of the instance (blocking; run off the async threads).
     pub fn freeze(&self) -> std::io::Result<()> {
-        self.cgroup.freeze()?;
-        self.set_state(State::Frozen);
-        Ok(())
+        self.cgroup.freeze()
     }
 
     /// Thaws a frozen instance; from now on it reports `thaw` as its start.
     pub fn thaw(&self) -> std::io::Result<()> {
         let t = Instant::now();
         self.cgroup.thaw()?;
-        self.set_state(State::Ready);
         self.set_mode(StartMode::Thaw);
         self.set_start_took(t.elapsed());
         Ok(())
@@ -195,7 +178,7 @@ impl ProcessInstance {
 
     /// SIGTERM, up to `grace` to finish, then SIGKILL to every process left in the cgroup.
     pub async fn stop(&self, grace: Duration) {
-        self.set_state(State::Stopping);
+        self.stopping.store(true, Ordering::Relaxed);
         let cg = self.cgroup.clone();
         let _ = tokio::task::spawn_blocking(move || cg.thaw()).await;
         if self.exited().is_none() {
@@ -353,7 +336,7 @@ impl AppSpec {
             start_took: Mutex::new(Duration::ZERO),
             pid: child.id(),
             cgroup: Arc::new(cgroup),
-            state: AtomicU8::new(State::Ready as u8),
+            stopping: AtomicBool::new(false),
             exit: exit.clone(),
         };
         {

@@ -12,7 +12,7 @@
 //! function, not from their siblings. See ARCHITECTURE.md.
 
 use super::logs::{StderrTail, pump};
-use super::{AppSpec, Exit, ProcessInstance, StartError, StartMode, State, free_port};
+use super::{AppSpec, Exit, ProcessInstance, StartError, StartMode, free_port};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU8;
@@ -244,7 +244,7 @@ impl Seed {
             created: started,
             start_took: Mutex::new(Duration::ZERO),
             cgroup,
-            state: AtomicU8::new(State::Ready as u8),
+            stopping: Default::default(),
             exit,
             pid: None,
         };
