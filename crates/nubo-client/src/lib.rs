@@ -197,13 +197,47 @@ impl Client {
             .await
     }
 
-    /// Invokes a function through `/fn/<name><path>`.
+    /// An async invocation's record.
+    pub async fn invocation(&self, id: &str) -> Result<Value, ClientError> {
+        self.json(self.api(reqwest::Method::GET, &format!("/invocations/{id}")))
+            .await
+    }
+
+    /// A function's async invocations in `status` (`dead`: the dead-letter list).
+    pub async fn invocations(
+        &self,
+        name: &str,
+        status: &str,
+        limit: usize,
+    ) -> Result<Value, ClientError> {
+        self.json(self.api(
+            reqwest::Method::GET,
+            &format!("/functions/{name}/invocations?status={status}&limit={limit}"),
+        ))
+        .await
+    }
+
+    /// Queues dead letters of a function again (all when `ids` is empty).
+    pub async fn replay(&self, name: &str, ids: &[String]) -> Result<Value, ClientError> {
+        let body = serde_json::json!({ "ids": ids });
+        self.json(
+            self.api(
+                reqwest::Method::POST,
+                &format!("/functions/{name}/dlq/replay"),
+            )
+            .json(&body),
+        )
+        .await
+    }
+
+    /// Invokes a function through `/fn/<name><path>` (asynchronously: a 202 with the id).
     pub async fn invoke(
         &self,
         name: &str,
         method: reqwest::Method,
         path: &str,
         body: Vec<u8>,
+        asynchronous: bool,
     ) -> Result<Invocation, ClientError> {
         let path = if path.starts_with('/') {
             path.to_string()
@@ -214,6 +248,11 @@ impl Client {
             .http
             .request(method, format!("{}/fn/{name}{path}", self.base))
             .body(body);
+        let rb = if asynchronous {
+            rb.header("prefer", "respond-async")
+        } else {
+            rb
+        };
         let resp = self.send(rb).await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();

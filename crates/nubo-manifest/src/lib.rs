@@ -86,6 +86,9 @@ pub struct FunctionSpec {
     pub cpu: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<PythonApp>,
+    /// lambda: exported as `_HANDLER` (custom runtimes read it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler: Option<String>,
     pub env: BTreeMap<String, String>,
     pub memory: Size,
     pub timeout: Duration,

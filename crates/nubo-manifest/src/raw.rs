@@ -35,6 +35,7 @@ pub struct RawFunction {
     pub warm: Option<u32>,
     pub cpu: Option<f64>,
     pub python: Option<RawPython>,
+    pub handler: Option<Scalar>,
 }
 
 #[derive(Debug, Default, Deserialize)]

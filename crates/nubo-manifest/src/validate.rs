@@ -254,6 +254,7 @@ fn function(c: &mut Check, path: &str, f: RawFunction) -> Option<(Option<String>
         ("warm", f.warm.is_some(), &[Kind::Process, Kind::Lambda]),
         ("cpu", f.cpu.is_some(), &[Kind::Process, Kind::Lambda]),
         ("python", f.python.is_some(), &[Kind::Process]),
+        ("handler", f.handler.is_some(), &[Kind::Lambda]),
     ];
     for (key, is_set, kinds) in present {
         if is_set && !kinds.contains(&kind) {
@@ -289,6 +290,7 @@ fn function(c: &mut Check, path: &str, f: RawFunction) -> Option<(Option<String>
         ),
     };
     let python = f.python.as_ref().and_then(|p| python_app(c, path, p));
+    let handler = f.handler.as_ref().map(|Scalar(h)| h.clone());
     let mut command: Vec<String> = f
         .command
         .as_ref()
@@ -474,6 +476,7 @@ fn function(c: &mut Check, path: &str, f: RawFunction) -> Option<(Option<String>
             warm,
             cpu,
             python,
+            handler,
             env,
             memory,
             timeout,

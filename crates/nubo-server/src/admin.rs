@@ -33,11 +33,17 @@ pub fn router(state: S) -> Router<S> {
         .route("/functions/{name}/revisions", get(revisions))
         .route("/functions/{name}/instances", get(instances))
         .route("/functions/{name}/logs", get(logs))
+        .route("/functions/{name}/invocations", get(list_invocations))
+        .route(
+            "/functions/{name}/dlq/replay",
+            axum::routing::post(replay_dead_letters),
+        )
+        .route("/invocations/{id}", get(get_invocation))
         .route("/blobs/{digest}", head(has_blob).put(put_blob))
         .route("/deployments", axum::routing::post(post_deployment))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such admin API resource")
-                .hint("resources: functions, functions/<f>/revisions, functions/<f>/instances, functions/<f>/logs, blobs/<sha256>, deployments")
+                .hint("resources: functions, functions/<f>/revisions, functions/<f>/instances, functions/<f>/logs, functions/<f>/invocations, functions/<f>/dlq/replay, invocations/<id>, blobs/<sha256>, deployments")
         })
         .layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
@@ -69,6 +75,14 @@ async fn require_token(State(state): State<S>, req: Request, next: Next) -> Resp
 }
 
 async fn metrics(State(state): State<S>) -> Response {
+    // Queue depth: requests waiting for an instance plus async invocations not yet finished.
+    let queued: std::collections::HashMap<String, i64> = state
+        .queue
+        .depths()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
     let table = state.table();
     for f in table.functions() {
         let c = counts(f);
@@ -91,7 +105,7 @@ async fn metrics(State(state): State<S>) -> Response {
             .metrics
             .queue_depth
             .get_or_create(&f.label)
-            .set(c.waiting as i64);
+            .set(c.waiting as i64 + queued.get(&f.name).copied().unwrap_or(0));
     }
     (
         [(
@@ -130,6 +144,104 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::internal(what, e))?
         .map_err(|e| ApiError::internal(what, e))
+}
+
+fn queue_error(e: crate::queue::QueueError) -> ApiError {
+    ApiError::internal("reading the invocation queue", e)
+}
+
+async fn get_invocation(
+    State(state): State<S>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    match state.queue.get(id.clone()).await.map_err(queue_error)? {
+        Some(r) => Ok(Json(crate::invocations::record_json(&r))),
+        None => Err(ApiError::not_found(
+            "invocation_not_found",
+            format!("no async invocation {id:?} is recorded"),
+        )
+        .hint("ids come from a 202's Location header or `nubo invoke --async`; old finished ones are trimmed")),
+    }
+}
+
+#[derive(Deserialize)]
+struct InvocationQuery {
+    #[serde(default = "default_status")]
+    status: String,
+    #[serde(default = "default_invocation_limit")]
+    limit: usize,
+}
+
+fn default_status() -> String {
+    "dead".into()
+}
+
+fn default_invocation_limit() -> usize {
+    100
+}
+
+/// A function's async invocations in one state; `status=dead` is the dead-letter list.
+async fn list_invocations(
+    State(state): State<S>,
+    Path(name): Path<String>,
+    Query(q): Query<InvocationQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status = match q.status.as_str() {
+        "queued" => "queued",
+        "running" => "running",
+        "succeeded" => "succeeded",
+        "dead" => "dead",
+        other => {
+            return Err(ApiError::bad_request(
+                "bad_status",
+                format!("status {other:?} is not a state of an invocation"),
+            )
+            .hint("use one of: queued, running, succeeded, dead"));
+        }
+    };
+    let list = state
+        .queue
+        .list(name, status, q.limit.clamp(1, 10_000))
+        .await
+        .map_err(queue_error)?;
+    let list: Vec<Value> = list.iter().map(crate::invocations::record_json).collect();
+    Ok(Json(json!({ "invocations": list })))
+}
+
+#[derive(Deserialize, Default)]
+struct ReplayRequest {
+    #[serde(default)]
+    ids: Vec<String>,
+}
+
+/// Queues a function's dead letters again (all of them, or `ids`).
+async fn replay_dead_letters(
+    State(state): State<S>,
+    Path(name): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let req: ReplayRequest = if body.is_empty() {
+        ReplayRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                "bad_request",
+                format!("the body is not a replay request: {e}"),
+            )
+            .hint(r#"send {"ids": ["<invocation id>", ...]}, or nothing to replay all"#)
+        })?
+    };
+    if state.table().function(&name).is_none() {
+        return Err(
+            no_function(&name).hint("deploy the function again before replaying its dead letters")
+        );
+    }
+    let replayed = state
+        .queue
+        .replay(name, req.ids)
+        .await
+        .map_err(queue_error)?;
+    Ok(Json(json!({ "replayed": replayed })))
 }
 
 fn no_function(name: &str) -> ApiError {

@@ -4,6 +4,14 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// Marks a response the platform produced (not the function), with its error code: async
+/// workers and the Lambda Invoke API tell throttles and platform failures from the function's
+/// own answers by it.
+#[derive(Debug, Clone, Copy)]
+pub struct PlatformError {
+    pub code: &'static str,
+}
+
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -73,6 +81,8 @@ impl IntoResponse for ApiError {
             error["details"] = details;
         }
         let mut resp = (self.status, axum::Json(json!({ "error": error }))).into_response();
+        resp.extensions_mut()
+            .insert(PlatformError { code: self.code });
         if let Some(secs) = self.retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));

@@ -2,6 +2,7 @@
 //! fork, then new), the frozen warm set, the seed, and its retirement after an update.
 
 use crate::AppState;
+use crate::lambda::RuntimeApi;
 use crate::logs::LogWriter;
 use crate::metrics::{Metrics, ModeLabels};
 use nubo_manifest::FunctionSpec;
@@ -46,6 +47,15 @@ pub struct AppRevision {
     stop_grace: Duration,
     logs: LogWriter,
     metrics: Arc<Metrics>,
+    /// `kind: lambda`: the Runtime API of each instance.
+    lambda: Option<LambdaHost>,
+}
+
+/// What lambda instances of a revision share.
+struct LambdaHost {
+    arn: String,
+    body_limit: usize,
+    runtimes: Mutex<HashMap<Arc<str>, Arc<RuntimeApi>>>,
 }
 
 /// One row of the per-instance view.
@@ -98,15 +108,24 @@ impl AppRevision {
             (Some(py), true) => py.serve_command(),
             _ => spec.command.clone(),
         };
-        let env = spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .chain([
-                ("NUBO_FUNCTION".to_string(), function.to_string()),
-                ("NUBO_REVISION".to_string(), revision.to_string()),
-            ])
-            .collect();
+        let is_lambda = spec.kind == nubo_manifest::Kind::Lambda;
+        let mut env: Vec<(String, String)> = [
+            ("NUBO_FUNCTION".to_string(), function.to_string()),
+            ("NUBO_REVISION".to_string(), revision.to_string()),
+        ]
+        .into_iter()
+        .collect();
+        if is_lambda {
+            env.extend(crate::lambda::runtime_env(
+                function,
+                revision,
+                spec,
+                &dir,
+                &state.aws_region,
+            ));
+        }
+        // The function's own `env` comes last: it may override what Nubo sets.
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let app_spec = AppSpec {
             function: function.to_string(),
             revision,
@@ -157,6 +176,11 @@ impl AppRevision {
             stop_grace,
             logs,
             metrics,
+            lambda: is_lambda.then(|| LambdaHost {
+                arn: crate::lambda::function_arn(&state.aws_region, function),
+                body_limit: state.body_limit,
+                runtimes: Mutex::new(HashMap::new()),
+            }),
         });
         let weak = Arc::downgrade(&app);
         pool.set_starter(Box::new(move |pool| {
@@ -284,6 +308,7 @@ impl AppRevision {
                 }
             },
             (Some(s), None) => s.fork(&self.spec, &id).await,
+            (None, _) if self.lambda.is_some() => self.start_lambda(&id).await,
             (None, _) => self.spec.start_new(&id).await,
         };
         lock(&self.starting).remove(&id);
@@ -305,6 +330,43 @@ impl AppRevision {
                 Err(e)
             }
         }
+    }
+
+    /// A lambda instance: its own Runtime API, then the runtime, ready at its first `next`.
+    async fn start_lambda(&self, id: &Arc<str>) -> Result<ProcessInstance, StartError> {
+        let Some(host) = &self.lambda else {
+            return Err(StartError("not a lambda function".into()));
+        };
+        let api = RuntimeApi::start(host.arn.clone(), host.body_limit)
+            .await
+            .map_err(|e| StartError(format!("serving the Runtime API failed: {e}")))?;
+        let env = [
+            (
+                "AWS_LAMBDA_RUNTIME_API".to_string(),
+                format!("127.0.0.1:{}", api.port),
+            ),
+            ("AWS_LAMBDA_LOG_STREAM_NAME".to_string(), id.to_string()),
+        ];
+        let api = Arc::new(api);
+        lock(&host.runtimes).insert(id.clone(), api.clone());
+        let result = self
+            .spec
+            .start_signalled(id, api.port, &env, api.ready())
+            .await;
+        if result.is_err() {
+            lock(&host.runtimes).remove(id);
+        }
+        result
+    }
+
+    /// The Runtime API of a lambda instance.
+    pub fn runtime(&self, instance: &str) -> Option<Arc<RuntimeApi>> {
+        let host = self.lambda.as_ref()?;
+        lock(&host.runtimes).get(instance).cloned()
+    }
+
+    pub fn is_lambda(&self) -> bool {
+        self.lambda.is_some()
     }
 
     /// Parks one forked child for the next fork, in the background.
@@ -349,6 +411,9 @@ impl AppRevision {
             let exit = i.wait_exit().await;
             let Some(app) = weak.upgrade() else { return };
             app.pool.remove(&i);
+            if let Some(host) = &app.lambda {
+                lock(&host.runtimes).remove(&i.id);
+            }
             lock(&app.frozen).retain(|f| !Arc::ptr_eq(f, &i));
             if !i.stopping() {
                 let why = if exit.oom {

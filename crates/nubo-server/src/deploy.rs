@@ -88,22 +88,18 @@ async fn deploy_to_end(
                 }
                 ("component", f.spec.component.clone().unwrap_or_default())
             }
-            Kind::Process => {
+            Kind::Process | Kind::Lambda => {
                 if let Err(why) = &state.process_host {
                     return Err(ApiError::bad_request(
                         "sandbox_unavailable",
-                        format!("{at}: this server cannot run process functions: {why}"),
+                        format!(
+                            "{at}: this server cannot run {} functions: {why}",
+                            f.spec.kind
+                        ),
                     )
                     .hint("run `nubo up` as root on Linux with cgroups (v1 or v2) mounted"));
                 }
                 ("dir", f.spec.dir.clone().unwrap_or_else(|| ".".into()))
-            }
-            Kind::Lambda => {
-                return Err(ApiError::bad_request(
-                    "kind_not_supported",
-                    format!("{at}.kind: kind lambda is not supported yet by this server"),
-                )
-                .hint("deploy the wasm and process functions of this project"));
             }
         };
         let digest = req.artifacts.get(&artifact).ok_or_else(|| {

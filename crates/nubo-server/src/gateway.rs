@@ -17,11 +17,13 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use nubo_sandbox::Outcome;
 use nubo_sandbox::process::ProcessInstance;
-use nubo_scheduler::{Rejected, SharedRejected};
+use nubo_scheduler::{Rejected, SharedLease, SharedRejected};
 use prometheus_client::metrics::gauge::Gauge;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+pub(crate) type ProcessLease = SharedLease<ProcessInstance>;
 
 pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let path = req.uri().path();
@@ -73,7 +75,7 @@ pub async fn handle(State(state): State<Arc<AppState>>, req: Request) -> Respons
 }
 
 /// Ids unique across restarts: a random prefix per process and a counter.
-fn invocation_id() -> String {
+pub(crate) fn invocation_id() -> String {
     static PREFIX: OnceLock<u32> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(1);
     let prefix = PREFIX.get_or_init(|| {
@@ -84,7 +86,7 @@ fn invocation_id() -> String {
     format!("{prefix:08x}{:012x}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
-struct Inflight(Gauge);
+pub(crate) struct Inflight(pub(crate) Gauge);
 
 impl Drop for Inflight {
     fn drop(&mut self) {
@@ -101,7 +103,53 @@ async fn invoke(
     let received = Instant::now();
     let id = invocation_id();
     let (mut parts, body) = req.into_parts();
+    let body = match read_body(state, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(e) => return finish(state, &f, &id, e.into_response(), received),
+    };
+    parts.uri = match guest_uri.parse() {
+        Ok(u) => u,
+        Err(e) => {
+            let err = ApiError::bad_request("bad_request", format!("invalid request path: {e}"));
+            return finish(state, &f, &id, err.into_response(), received);
+        }
+    };
+    if crate::invocations::prefers_async(&parts.headers) {
+        return crate::invocations::accept_http(state, &f, parts, body, id).await;
+    }
+    run(state, f, parts, body, id, received).await
+}
 
+/// One synchronous invocation of a request whose body has been read.
+pub(crate) async fn run(
+    state: &Arc<AppState>,
+    f: Arc<LiveFunction>,
+    parts: http::request::Parts,
+    body: Bytes,
+    id: String,
+    received: Instant,
+) -> Response {
+    f.inflight.inc();
+    let inflight = Inflight(f.inflight.clone());
+    match &f.runner {
+        Runner::Wasm(_) => invoke_wasm(state, f, parts, body, id, received, inflight).await,
+        Runner::Process(app) if app.is_lambda() => {
+            let app = app.clone();
+            crate::lambda::invoke_http(state, f, &app, parts, body, id, received, inflight).await
+        }
+        Runner::Process(app) => {
+            let app = app.clone();
+            invoke_process(state, f, &app, parts, body, id, received, inflight).await
+        }
+    }
+}
+
+/// Reads a request body up to the server's limit.
+pub(crate) async fn read_body(
+    state: &AppState,
+    headers: &http::HeaderMap,
+    body: Body,
+) -> Result<Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -110,14 +158,13 @@ async fn invoke(
         )
         .hint("send a smaller body, or pass large data by reference (a URL)")
     };
-    let declared = parts
-        .headers
+    let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > state.body_limit as u64) {
         drain(body).await;
-        return finish(state, &f, &id, too_large().into_response(), received);
+        return Err(too_large());
     }
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
@@ -130,39 +177,18 @@ async fn invoke(
                 }
                 if buf.len() > state.body_limit {
                     drain(body).await;
-                    return finish(state, &f, &id, too_large().into_response(), received);
+                    return Err(too_large());
                 }
             }
             Some(Err(e)) => break Err(e),
         }
     };
-    let body: Bytes = match collected {
-        Ok(b) => b,
-        Err(e) => {
-            let err = ApiError::bad_request(
-                "bad_request",
-                format!("reading the request body failed: {e}"),
-            );
-            return finish(state, &f, &id, err.into_response(), received);
-        }
-    };
-    parts.uri = match guest_uri.parse() {
-        Ok(u) => u,
-        Err(e) => {
-            let err = ApiError::bad_request("bad_request", format!("invalid request path: {e}"));
-            return finish(state, &f, &id, err.into_response(), received);
-        }
-    };
-
-    f.inflight.inc();
-    let inflight = Inflight(f.inflight.clone());
-    match &f.runner {
-        Runner::Wasm(_) => invoke_wasm(state, f, parts, body, id, received, inflight).await,
-        Runner::Process(app) => {
-            let app = app.clone();
-            invoke_process(state, f, &app, parts, body, id, received, inflight).await
-        }
-    }
+    collected.map_err(|e| {
+        ApiError::bad_request(
+            "bad_request",
+            format!("reading the request body failed: {e}"),
+        )
+    })
 }
 
 async fn invoke_wasm(
@@ -273,7 +299,7 @@ async fn invoke_wasm(
 #[allow(clippy::too_many_arguments)]
 async fn invoke_process(
     state: &Arc<AppState>,
-    mut f: Arc<LiveFunction>,
+    f: Arc<LiveFunction>,
     app: &Arc<AppRevision>,
     parts: http::request::Parts,
     body: Bytes,
@@ -281,47 +307,9 @@ async fn invoke_process(
     received: Instant,
     inflight: Inflight,
 ) -> Response {
-    let mut app = app.clone();
-    let lease = match loop {
-        match app.pool.acquire().await {
-            // Retired while this request read its body: the newer revision serves it.
-            Err(SharedRejected::Closed) => {
-                let newer = state.table().function(&f.name).cloned();
-                match newer {
-                    Some(n) if !Arc::ptr_eq(&n, &f) => {
-                        if let Runner::Process(a) = &n.runner {
-                            app = a.clone();
-                            f = n;
-                            continue;
-                        }
-                        break Err(SharedRejected::Closed);
-                    }
-                    _ => break Err(SharedRejected::Closed),
-                }
-            }
-            other => break other,
-        }
-    } {
+    let (f, app, lease) = match acquire_process(state, f, app).await {
         Ok(l) => l,
-        Err(SharedRejected::Closed) => {
-            let err = ApiError::not_found(
-                "function_not_found",
-                format!("function {} was removed", f.name),
-            );
-            return finish(state, &f, &id, err.into_response(), received);
-        }
-        Err(SharedRejected::Limit(r)) => {
-            return finish(state, &f, &id, rejection(&f, r).into_response(), received);
-        }
-        Err(SharedRejected::StartFailed(why)) => {
-            let err = ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                "start_failed",
-                format!("no instance of function {} could start: {}", f.name, why.0),
-            )
-            .hint(format!("see `nubo logs {}`", f.name));
-            return finish(state, &f, &id, err.into_response(), received);
-        }
+        Err((f, err)) => return finish(state, &f, &id, err.into_response(), received),
     };
     let instance = lease.instance().clone();
     let (queued, fresh) = (lease.waited(), lease.fresh());
@@ -372,8 +360,60 @@ async fn invoke_process(
     finish(state, &f, &id, resp, received)
 }
 
+/// A share of the least-loaded instance of a process (or lambda) revision; a revision retired
+/// while the request was read hands over to the newer one.
+pub(crate) async fn acquire_process(
+    state: &AppState,
+    mut f: Arc<LiveFunction>,
+    app: &Arc<AppRevision>,
+) -> Result<(Arc<LiveFunction>, Arc<AppRevision>, ProcessLease), (Arc<LiveFunction>, ApiError)> {
+    let mut app = app.clone();
+    match loop {
+        match app.pool.acquire().await {
+            // Retired while this request read its body: the newer revision serves it.
+            Err(SharedRejected::Closed) => {
+                let newer = state.table().function(&f.name).cloned();
+                match newer {
+                    Some(n) if !Arc::ptr_eq(&n, &f) => {
+                        if let Runner::Process(a) = &n.runner {
+                            app = a.clone();
+                            f = n;
+                            continue;
+                        }
+                        break Err(SharedRejected::Closed);
+                    }
+                    _ => break Err(SharedRejected::Closed),
+                }
+            }
+            other => break other,
+        }
+    } {
+        Ok(l) => Ok((f, app, l)),
+        Err(SharedRejected::Closed) => {
+            let err = ApiError::not_found(
+                "function_not_found",
+                format!("function {} was removed", f.name),
+            );
+            Err((f, err))
+        }
+        Err(SharedRejected::Limit(r)) => {
+            let err = rejection(&f, r);
+            Err((f, err))
+        }
+        Err(SharedRejected::StartFailed(why)) => {
+            let err = ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "start_failed",
+                format!("no instance of function {} could start: {}", f.name, why.0),
+            )
+            .hint(format!("see `nubo logs {}`", f.name));
+            Err((f, err))
+        }
+    }
+}
+
 /// The instance failed to answer: it ended (crash, out of memory), or closed the connection.
-async fn app_failure(
+pub(crate) async fn app_failure(
     state: &AppState,
     f: &LiveFunction,
     app: &Arc<AppRevision>,
@@ -446,16 +486,16 @@ async fn drain(mut body: Body) {
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-fn header_value(s: &str) -> HeaderValue {
+pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// Adds the invocation id and records the invocation's metrics.
-fn finish(
+pub(crate) fn finish(
     state: &AppState,
     f: &LiveFunction,
     id: &str,
@@ -481,7 +521,7 @@ fn finish(
     resp
 }
 
-fn rejection(f: &LiveFunction, rejected: Rejected) -> ApiError {
+pub(crate) fn rejection(f: &LiveFunction, rejected: Rejected) -> ApiError {
     match rejected {
         Rejected::QueueFull { max, queue } => ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -506,7 +546,7 @@ fn rejection(f: &LiveFunction, rejected: Rejected) -> ApiError {
     }
 }
 
-fn outcome_error(f: &LiveFunction, outcome: &Outcome) -> ApiError {
+pub(crate) fn outcome_error(f: &LiveFunction, outcome: &Outcome) -> ApiError {
     let logs = format!("see `nubo logs {}`", f.name);
     match outcome {
         Outcome::Timeout => ApiError::new(

@@ -9,16 +9,21 @@ mod admin;
 mod api_error;
 mod app;
 mod app_files;
+mod cron;
 mod deploy;
 mod gateway;
+mod invocations;
+mod lambda;
 mod live;
 mod logs;
 mod metrics;
 mod proxy;
+mod queue;
 mod routes;
 mod token;
 
 pub use anyhow::Context as _;
+pub use nubo_aws::sigv4::Keys as AwsKeys;
 use routes::RouteTable;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -43,6 +48,10 @@ pub struct ServerOptions {
     /// The binary that runs as the process sandbox's init (`nubo __sandbox-init`); the
     /// running executable when not set.
     pub sandbox_init: Option<PathBuf>,
+    /// The region Lambda runtimes are told (`AWS_REGION`) and ARNs name.
+    pub aws_region: String,
+    /// Access keys the Lambda Invoke API checks SigV4 signatures against (none: not checked).
+    pub aws_keys: nubo_aws::sigv4::Keys,
 }
 
 impl ServerOptions {
@@ -55,6 +64,8 @@ impl ServerOptions {
             max_wasm_instances: 1000,
             stop_grace: Duration::from_secs(5),
             sandbox_init: None,
+            aws_region: "us-east-1".into(),
+            aws_keys: nubo_aws::sigv4::Keys::default(),
         }
     }
 }
@@ -81,6 +92,12 @@ pub(crate) struct AppState {
     pub token: String,
     pub base_url: String,
     pub body_limit: usize,
+    /// Async invocations (and cron ticks) waiting for a worker.
+    pub queue: Arc<dyn queue::InvocationQueue>,
+    /// Notified when the route table changes (cron schedules come and go with deploys).
+    pub deployed: tokio::sync::Notify,
+    pub aws_region: String,
+    pub aws_keys: nubo_aws::sigv4::Keys,
 }
 
 impl AppState {
@@ -90,6 +107,7 @@ impl AppState {
 
     pub fn set_table(&self, table: RouteTable) {
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(table);
+        self.deployed.notify_one();
     }
 }
 
@@ -105,6 +123,9 @@ pub async fn run(
         .await?
         .with_context(|| format!("opening the store in {}", opts.data_dir.display()))?;
     let store = Arc::new(store);
+    let queue_store = store.clone();
+    let queue =
+        tokio::task::spawn_blocking(move || queue::SqliteQueue::open(queue_store)).await??;
     let token = read_or_create_token(&opts.data_dir)?;
     let runtime = Arc::new(nubo_sandbox::WasmRuntime::new(
         nubo_sandbox::RuntimeOptions {
@@ -142,9 +163,15 @@ pub async fn run(
         token,
         base_url: format!("http://{addr}"),
         body_limit: opts.body_limit,
+        queue: Arc::new(queue),
+        deployed: tokio::sync::Notify::new(),
+        aws_region: opts.aws_region.clone(),
+        aws_keys: opts.aws_keys.clone(),
     });
     deploy::load_deployed(&state).await?;
     let reaper = tokio::spawn(live::reap_idle_instances(state.clone()));
+    let workers = tokio::spawn(invocations::dispatch(state.clone()));
+    let cron = tokio::spawn(cron::run(state.clone()));
 
     let app = admin::router(state.clone()).with_state(state.clone());
     on_listening(addr, &state.token);
@@ -156,6 +183,10 @@ pub async fn run(
     });
     serve(listener, state.clone(), app, &shutdown, opts.shutdown_grace).await;
     reaper.abort();
+    // Attempts under way end with the instances below; they stay `running` in the store and
+    // run again at the next start (at least once).
+    workers.abort();
+    cron.abort();
     // Drop idle instances first: their last partial output lines reach the log on drop.
     let table = state.table();
     state.set_table(RouteTable::default());
@@ -221,22 +252,29 @@ async fn serve(
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let admin = hyper_util::service::TowerToHyperService::new(app);
     // Invocations go straight to the gateway; only platform paths take the router.
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+    let service = move |peer: SocketAddr| {
         let (state, admin) = (state.clone(), admin.clone());
-        async move {
-            let path = req.uri().path();
-            if path.starts_with("/_nubo") {
-                hyper::service::Service::call(&admin, req).await
-            } else {
-                let req = req.map(axum::body::Body::new);
-                Ok(gateway::handle(axum::extract::State(state), req).await)
+        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            let (state, admin) = (state.clone(), admin.clone());
+            async move {
+                let path = req.uri().path();
+                if path.starts_with("/_nubo") {
+                    hyper::service::Service::call(&admin, req).await
+                } else if path.starts_with(lambda::invoke_api::PREFIX) {
+                    let req = req.map(axum::body::Body::new);
+                    Ok(lambda::invoke_api::handle(state, req).await)
+                } else {
+                    req.extensions_mut().insert(lambda::ClientAddr(peer));
+                    let req = req.map(axum::body::Body::new);
+                    Ok(gateway::handle(axum::extract::State(state), req).await)
+                }
             }
-        }
-    });
+        })
+    };
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
                     tracing::warn!("accepting a connection failed: {e}");
@@ -249,7 +287,7 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let conn = hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service.clone());
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service(peer));
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

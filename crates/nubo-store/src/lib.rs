@@ -7,9 +7,11 @@
 //! request path never waits on them: the server keeps what it needs in memory).
 
 mod blobs;
+mod invocations;
 mod schema;
 
 pub use blobs::{BlobDir, BlobWriter, CommitError, Digest};
+pub use invocations::{FINISHED_KEPT, InvocationRecord, NewInvocation, Outcome, QueueWrite};
 
 use nubo_manifest::{FunctionSpec, Route, routes_overlap};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -464,6 +466,7 @@ fn delete_function(tx: &rusqlite::Transaction<'_>, name: &str) -> Result<bool, r
     tx.execute("DELETE FROM routes WHERE function = ?1", [name])?;
     tx.execute("DELETE FROM revisions WHERE function = ?1", [name])?;
     tx.execute("DELETE FROM logs WHERE function = ?1", [name])?;
+    tx.execute("DELETE FROM cron_fires WHERE function = ?1", [name])?;
     Ok(tx.execute("DELETE FROM functions WHERE name = ?1", [name])? > 0)
 }
 

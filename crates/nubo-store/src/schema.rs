@@ -4,7 +4,8 @@ use rusqlite::Connection;
 
 /// Each entry moves the schema from version `i` to `i + 1`. Never edit a released entry:
 /// append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE projects (
     name TEXT PRIMARY KEY,
     created_at INTEGER NOT NULL
@@ -49,7 +50,36 @@ CREATE TABLE logs (
     line TEXT NOT NULL
 );
 CREATE INDEX logs_by_function ON logs(function, id);
-"#];
+"#,
+    r#"
+CREATE TABLE invocations (
+    id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    revision INTEGER,
+    trigger TEXT NOT NULL,
+    request TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    max_attempts INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    next_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    result_status INTEGER,
+    result BLOB,
+    error TEXT
+);
+CREATE INDEX invocations_due ON invocations(status, next_at);
+CREATE INDEX invocations_by_function ON invocations(function, status, created_at);
+CREATE TABLE cron_fires (
+    function TEXT NOT NULL,
+    schedule TEXT NOT NULL,
+    last_fire INTEGER NOT NULL,
+    PRIMARY KEY (function, schedule)
+);
+"#,
+];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;

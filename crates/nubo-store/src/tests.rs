@@ -147,3 +147,119 @@ fn blobs_are_verified() {
     assert!(!store.blobs.contains(&Digest::of(b"other")));
     assert!(Digest::parse("sha256:abc").is_err());
 }
+
+fn new_inv(id: &str, now: i64, max_attempts: u32) -> NewInvocation {
+    NewInvocation {
+        id: id.into(),
+        function: "f".into(),
+        revision: None,
+        trigger: "event".into(),
+        request: "{}".into(),
+        payload: b"{}".to_vec(),
+        max_attempts,
+        expires_at: now + 60_000,
+        now,
+    }
+}
+
+#[test]
+fn queued_invocations_survive_reopening_and_running_ones_are_queued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let w: Vec<_> = (0..3)
+            .map(|i| QueueWrite::Enqueue(new_inv(&format!("i{i}"), 1000, 3)))
+            .collect();
+        assert_eq!(store.queue_write(&w).unwrap(), vec![true; 3]);
+        let claimed = store.claim_due(1000, 2).unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(
+            claimed
+                .iter()
+                .all(|r| r.status == "running" && r.attempts == 1)
+        );
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.requeue_running(2000).unwrap(), 2);
+    let claimed = store.claim_due(2000, 10).unwrap();
+    assert_eq!(claimed.len(), 3);
+}
+
+#[test]
+fn failures_retry_until_out_of_attempts_then_dead_letter_and_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    store
+        .queue_write(&[QueueWrite::Enqueue(new_inv("a", 0, 2))])
+        .unwrap();
+    let fail = |now: i64| QueueWrite::Finish {
+        id: "a".into(),
+        outcome: Outcome::Failed {
+            status: Some(500),
+            body: b"boom".to_vec(),
+            error: "function error".into(),
+            at: now + 100,
+        },
+        now,
+    };
+    assert_eq!(store.claim_due(0, 10).unwrap().len(), 1);
+    store.queue_write(&[fail(0)]).unwrap();
+    assert_eq!(store.invocation("a").unwrap().unwrap().status, "queued");
+    assert!(store.claim_due(50, 10).unwrap().is_empty(), "not due yet");
+    // A throttled attempt does not count.
+    assert_eq!(store.claim_due(100, 10).unwrap()[0].attempts, 2);
+    let throttled = QueueWrite::Finish {
+        id: "a".into(),
+        outcome: Outcome::Throttled { at: 200 },
+        now: 100,
+    };
+    store.queue_write(&[throttled]).unwrap();
+    assert_eq!(store.claim_due(200, 10).unwrap()[0].attempts, 2);
+    store.queue_write(&[fail(200)]).unwrap();
+    let dead = store.invocation("a").unwrap().unwrap();
+    assert_eq!((dead.status.as_str(), dead.attempts), ("dead", 2));
+    assert_eq!(dead.error.as_deref(), Some("function error"));
+    assert_eq!(store.invocations("f", "dead", 10).unwrap().len(), 1);
+    assert_eq!(store.replay("f", &["other".into()], 300).unwrap().len(), 0);
+    assert_eq!(store.invocation("a").unwrap().unwrap().status, "dead");
+    assert_eq!(store.replay("f", &[], 300).unwrap(), vec!["a".to_string()]);
+    let r = store.claim_due(300, 10).unwrap();
+    assert_eq!((r.len(), r[0].attempts), (1, 1));
+    let ok = QueueWrite::Finish {
+        id: "a".into(),
+        outcome: Outcome::Succeeded {
+            status: 200,
+            body: b"ok".to_vec(),
+        },
+        now: 310,
+    };
+    assert_eq!(store.queue_write(std::slice::from_ref(&ok)).unwrap(), vec![true]);
+    assert_eq!(
+        store.queue_write(&[ok]).unwrap(),
+        vec![false],
+        "finished once"
+    );
+    assert_eq!(store.invocation("a").unwrap().unwrap().status, "succeeded");
+}
+
+#[test]
+fn a_cron_tick_fires_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let fire = |id: &str, tick: i64| QueueWrite::CronFire {
+        schedule: "* * * * * *".into(),
+        tick,
+        invocation: new_inv(id, tick, 1),
+    };
+    assert_eq!(
+        store
+            .queue_write(&[fire("c1", 1000), fire("c2", 1000), fire("c3", 2000)])
+            .unwrap(),
+        vec![true, false, true]
+    );
+    assert_eq!(
+        store.cron_last_fire("f", "* * * * * *").unwrap(),
+        Some(2000)
+    );
+    assert!(store.invocation("c2").unwrap().is_none());
+}

@@ -61,6 +61,16 @@ enum Command {
         /// Also print the status and headers (to stderr)
         #[arg(short = 'i', long)]
         include: bool,
+        /// Queue it (durably) and print the invocation id instead of waiting
+        #[arg(long = "async")]
+        asynchronous: bool,
+    },
+    /// Show an async invocation: status, attempts, result or error
+    Invocation { id: String },
+    /// The dead-letter list of async invocations that ran out of retries
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
     },
     /// List deployed functions
     Ls,
@@ -91,10 +101,22 @@ enum Command {
     },
     /// Create a starter project in DIR
     Init {
-        /// rust-wasm, python-app or node-app
+        /// rust-wasm, python-app, node-app or python-lambda
         template: String,
         dir: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List the function's dead letters, newest first
+    Ls {
+        function: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Queue dead letters again with fresh attempts (all, or the given ids)
+    Replay { function: String, ids: Vec<String> },
 }
 
 fn main() -> ExitCode {
@@ -136,7 +158,28 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             path,
             method,
             include,
-        } => invoke::run(&target, &function, data, &path, method, include).await,
+            asynchronous,
+        } => {
+            invoke::run(
+                &target,
+                &function,
+                data,
+                &path,
+                method,
+                include,
+                asynchronous,
+            )
+            .await
+        }
+        Command::Invocation { id } => dlq::show(&target.client()?, &id, cli.output).await,
+        Command::Dlq { command } => match command {
+            DlqCommand::Ls { function, limit } => {
+                dlq::ls(&target.client()?, &function, limit, cli.output).await
+            }
+            DlqCommand::Replay { function, ids } => {
+                dlq::replay(&target.client()?, &function, &ids, cli.output).await
+            }
+        },
         Command::Ls => inspect::ls(&target.client()?, cli.output).await,
         Command::Get { function } => inspect::get(&target.client()?, &function, cli.output).await,
         Command::Rm { function } => inspect::rm(&target.client()?, &function).await,

@@ -19,6 +19,7 @@ pub use cgroup::{Cgroup, Cgroups, Limits};
 pub use seed::{Parked, PythonApp, Seed};
 
 use crate::LogFn;
+use futures::future::BoxFuture;
 use logs::{StderrTail, pump};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
@@ -81,6 +82,15 @@ pub struct Exit {
     pub status: String,
     /// The kernel killed a process of the instance for want of memory.
     pub oom: bool,
+}
+
+/// When a starting instance counts as ready.
+pub enum Ready<'a> {
+    /// Probe `$PORT`: a TCP connect, or `GET path` answering 2xx.
+    Probe(Option<&'a str>),
+    /// The instance tells the server itself (a Lambda runtime's first `next`): ready when the
+    /// future resolves, a start failure with its reason when it fails.
+    Signal(BoxFuture<'static, Result<(), String>>),
 }
 
 /// A start that did not end with a ready instance.
@@ -236,7 +246,12 @@ fn describe(status: std::process::ExitStatus) -> String {
 }
 
 impl AppSpec {
-    fn instance_env(&self, id: &str, port: u16) -> Vec<(String, String)> {
+    fn instance_env(
+        &self,
+        id: &str,
+        port: u16,
+        extra: &[(String, String)],
+    ) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = [
             ("PATH", std::env::var("PATH").unwrap_or_default()),
             ("HOME", "/tmp".to_string()),
@@ -249,27 +264,48 @@ impl AppSpec {
         .map(|(k, v)| (k.to_string(), v))
         .collect();
         env.extend(self.env.iter().cloned());
+        env.extend(extra.iter().cloned());
         env
     }
 
     /// Starts a `new` instance; returns once it is ready.
     pub async fn start_new(&self, id: &str) -> Result<ProcessInstance, StartError> {
-        self.start_sandboxed(id, &self.command, None, self.ready.as_deref())
+        let ready = Ready::Probe(self.ready.as_deref());
+        self.start_sandboxed(id, &self.command, None, ready, None, &[])
             .await
     }
 
-    /// Runs `command` under the sandbox init, with `control` (if any) as its fd 3; ready when
-    /// `ready` answers (or, without a path, when $PORT accepts connections).
+    /// Starts a `new` instance that calls the server back on `port` (which the server listens
+    /// on, for this instance alone), with `env` added; ready when `ready` resolves.
+    pub async fn start_signalled(
+        &self,
+        id: &str,
+        port: u16,
+        env: &[(String, String)],
+        ready: BoxFuture<'static, Result<(), String>>,
+    ) -> Result<ProcessInstance, StartError> {
+        let ready = Ready::Signal(ready);
+        self.start_sandboxed(id, &self.command, None, ready, Some(port), env)
+            .await
+    }
+
+    /// Runs `command` under the sandbox init, with `control` (if any) as its fd 3 and `port`
+    /// (a free one if `None`) as `$PORT`; returns once `ready`.
     async fn start_sandboxed(
         &self,
         id: &str,
         command: &[String],
         control: Option<std::os::fd::RawFd>,
-        ready: Option<&str>,
+        ready: Ready<'_>,
+        port: Option<u16>,
+        extra_env: &[(String, String)],
     ) -> Result<ProcessInstance, StartError> {
         let started = Instant::now();
         let fail = |what: &str, e: &dyn std::fmt::Display| StartError(format!("{what}: {e}"));
-        let port = free_port().map_err(|e| fail("finding a free port", &e))?;
+        let port = match port {
+            Some(p) => p,
+            None => free_port().map_err(|e| fail("finding a free port", &e))?,
+        };
         let cgroup = self
             .cgroups
             .create(id, &self.limits)
@@ -286,7 +322,7 @@ impl AppSpec {
         let mut cmd = tokio::process::Command::new(&self.init_exe);
         cmd.args(args.to_args())
             .env_clear()
-            .envs(self.instance_env(id, port))
+            .envs(self.instance_env(id, port, extra_env))
             .current_dir(&self.dir)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -362,13 +398,17 @@ impl AppSpec {
         Ok(instance)
     }
 
-    /// Polls the readiness probe until it passes, the instance exits, or `start_timeout`.
+    /// Waits until `ready`, the instance exits, or `start_timeout`.
     async fn wait_ready(
         &self,
         i: &ProcessInstance,
         tail: &StderrTail,
-        ready: Option<&str>,
+        ready: Ready<'_>,
     ) -> Result<(), StartError> {
+        let ready = match ready {
+            Ready::Probe(path) => path,
+            Ready::Signal(signal) => return self.wait_signal(i, tail, signal).await,
+        };
         let deadline = Instant::now() + self.start_timeout;
         // Short polls: a forked instance is ready within milliseconds, and a probe is cheap.
         let mut pause = Duration::from_micros(200);
@@ -399,6 +439,32 @@ impl AppSpec {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(2));
+        }
+    }
+}
+
+impl AppSpec {
+    async fn wait_signal(
+        &self,
+        i: &ProcessInstance,
+        tail: &StderrTail,
+        signal: BoxFuture<'static, Result<(), String>>,
+    ) -> Result<(), StartError> {
+        let timeout = tokio::time::sleep(self.start_timeout);
+        // The signal first: a runtime reports its init error just before it exits.
+        tokio::select! {
+            biased;
+            r = signal => r.map_err(|why| StartError(format!("{why}{}", tail.render()))),
+            exit = i.wait_exit() => Err(StartError(format!(
+                "the runtime {} before it asked for its first invocation{}",
+                exit.status,
+                tail.render()
+            ))),
+            _ = timeout => Err(StartError(format!(
+                "the runtime did not ask for its first invocation within start_timeout ({:?}){}",
+                self.start_timeout,
+                tail.render()
+            ))),
         }
     }
 }

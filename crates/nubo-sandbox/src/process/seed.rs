@@ -12,7 +12,7 @@
 //! function, not from their siblings. See ARCHITECTURE.md.
 
 use super::logs::{StderrTail, pump};
-use super::{AppSpec, Exit, ProcessInstance, StartError, StartMode, free_port};
+use super::{AppSpec, Exit, ProcessInstance, Ready, StartError, StartMode, free_port};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::sync::atomic::AtomicU8;
@@ -92,7 +92,14 @@ impl Seed {
         let (ours, theirs) = seqpacket_pair()
             .map_err(|e| StartError(format!("creating the seed's control socket: {e}")))?;
         let instance = spec
-            .start_sandboxed(id, &app.command("seed"), Some(theirs.as_raw_fd()), None)
+            .start_sandboxed(
+                id,
+                &app.command("seed"),
+                Some(theirs.as_raw_fd()),
+                Ready::Probe(None),
+                None,
+                &[],
+            )
             .await?;
         drop(theirs);
         let children = Arc::new(Mutex::new(Children {
@@ -250,7 +257,7 @@ impl Seed {
         };
         let ready = match went {
             Ok(()) => {
-                spec.wait_ready(&instance, &tail, spec.ready.as_deref())
+                spec.wait_ready(&instance, &tail, Ready::Probe(spec.ready.as_deref()))
                     .await
             }
             Err(e) => Err(StartError(format!(

@@ -6,18 +6,18 @@ use nubo_client::Client;
 use serde_json::Value;
 use std::time::Duration;
 
-fn print_json(v: &Value) {
+pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
-fn table(header: &[&str]) -> Table {
+pub(crate) fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING)
         .set_header(header.iter().map(|h| h.to_uppercase()));
     t
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
@@ -25,7 +25,7 @@ fn s(v: &Value) -> String {
     }
 }
 
-fn age(ms: &Value) -> String {
+pub(crate) fn age(ms: &Value) -> String {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

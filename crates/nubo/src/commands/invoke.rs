@@ -11,6 +11,7 @@ pub async fn run(
     path: &str,
     method: Option<String>,
     include: bool,
+    asynchronous: bool,
 ) -> anyhow::Result<()> {
     let body = match &data {
         Some(d) if d.starts_with('@') => {
@@ -29,8 +30,21 @@ pub async fn run(
     };
     let out = target
         .anonymous()
-        .invoke(function, method, path, body)
+        .invoke(function, method, path, body, asynchronous)
         .await?;
+    if asynchronous && out.status == 202 {
+        // The id alone on stdout, for scripts; where to follow it on stderr.
+        let id = out
+            .headers
+            .get("nubo-invocation-id")
+            .and_then(|v| v.to_str().ok())
+            .context("the server accepted the invocation but sent no Nubo-Invocation-Id")?;
+        println!("{id}");
+        if include {
+            eprintln!("status: nubo invocation {id}   (GET /_nubo/api/v1/invocations/{id})");
+        }
+        return Ok(());
+    }
     if include {
         eprintln!("status: {}", out.status);
         for (k, v) in &out.headers {

@@ -1,4 +1,5 @@
 pub mod deploy;
+pub mod dlq;
 pub mod init;
 pub mod inspect;
 pub mod invoke;

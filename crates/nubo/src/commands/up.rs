@@ -23,6 +23,13 @@ pub struct UpArgs {
     /// Largest request body a function accepts, in bytes (413 beyond)
     #[arg(long, default_value_t = 6 * 1024 * 1024)]
     body_limit: usize,
+    /// Region Lambda runtimes are told (AWS_REGION) and ARNs carry
+    #[arg(long, env = "NUBO_AWS_REGION", default_value = "us-east-1")]
+    aws_region: String,
+    /// Check SigV4 signatures on the Lambda Invoke API against these keys: AKID:SECRET[,...]
+    /// (without it, any signature or none is accepted)
+    #[arg(long, env = "NUBO_AWS_ACCESS_KEYS", hide_env_values = true)]
+    aws_access_keys: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -40,6 +47,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     opts.shutdown_grace = Duration::from_secs(args.shutdown_grace);
     opts.max_wasm_instances = args.max_wasm_instances;
     opts.body_limit = args.body_limit;
+    opts.aws_region = args.aws_region;
+    if let Some(spec) = &args.aws_access_keys {
+        opts.aws_keys = parse_access_keys(spec)?;
+    }
     let shutdown = nubo_server::CancellationToken::new();
     let mut registry = None;
     let result = nubo_server::run(opts, shutdown, |addr, _token| {
@@ -61,4 +72,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(p);
     }
     result
+}
+
+/// The access keys of `--aws-access-keys`.
+fn parse_access_keys(spec: &str) -> anyhow::Result<nubo_server::AwsKeys> {
+    nubo_server::AwsKeys::parse(spec).map_err(|e| {
+        anyhow::anyhow!("--aws-access-keys: {e} (expected AKID:SECRET[,AKID:SECRET...])")
+    })
 }
