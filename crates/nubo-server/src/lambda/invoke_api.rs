@@ -169,7 +169,7 @@ pub async fn handle(state: Arc<AppState>, req: axum::extract::Request) -> Respon
             }
         }
         "RequestResponse" => {
-            let result = invoke_payload(&state, f.clone(), payload, &id).await;
+            let result = invoke_payload(&state, f.clone(), payload, &id, "invoke").await;
             let mut r = match result {
                 PayloadResult::Ok { body, instance } => {
                     let mut r = Response::new(Body::from(body));
@@ -257,12 +257,14 @@ fn aws_error(status: StatusCode, code: &'static str, message: String, id: &str) 
 }
 
 /// Runs `payload` through `f`, whatever its kind (also the async workers' way for `event` and
-/// `cron` invocations).
+/// `cron` invocations); `trigger` (`invoke`, `event`, `cron`) reaches wasm and process functions
+/// as the `Nubo-Trigger` header.
 pub async fn invoke_payload(
     state: &Arc<AppState>,
     f: Arc<LiveFunction>,
     payload: Bytes,
     id: &str,
+    trigger: &str,
 ) -> PayloadResult {
     if let Runner::Process(app) = &f.runner
         && app.is_lambda()
@@ -304,7 +306,7 @@ pub async fn invoke_payload(
         .method(Method::POST)
         .uri("/")
         .header(header::CONTENT_TYPE, "application/json")
-        .header("nubo-trigger", "invoke")
+        .header("nubo-trigger", trigger)
         .body(())
         .map(|r| r.into_parts().0);
     let parts = match req {

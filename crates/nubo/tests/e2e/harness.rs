@@ -40,6 +40,30 @@ pub fn guests() -> &'static Path {
     })
 }
 
+/// A binary built next to `nubo` (same cargo target dir and profile), e.g. the Rust Lambda
+/// example's `bootstrap` (`cargo build -p rust-lambda-example`; `scripts/test.sh` does it).
+pub fn sibling_bin(name: &str) -> PathBuf {
+    let p = Path::new(nubo_bin()).with_file_name(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build it first (`cargo build -p rust-lambda-example`, as scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test with a clear message when a Python module the test needs is missing.
+pub fn require_python_module(module: &str, pip: &str) {
+    let ok = Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "python3 cannot import {module}: `pip install {pip}` (.ci/run does)"
+    );
+}
+
 pub fn guest(name: &str) -> PathBuf {
     guests().join(format!("{name}.wasm"))
 }
@@ -49,20 +73,30 @@ pub struct Server {
     pub url: String,
     pub data_dir: PathBuf,
     pub home: PathBuf,
+    /// Extra `nubo up` arguments, kept for restarts.
+    extra: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
 impl Server {
     pub fn start() -> Server {
-        Server::start_in(tempfile::tempdir().unwrap())
+        Server::start_in(tempfile::tempdir().unwrap(), &[])
+    }
+
+    /// With extra `nubo up` arguments.
+    pub fn start_with(extra: &[&str]) -> Server {
+        Server::start_in(tempfile::tempdir().unwrap(), extra)
     }
 
     /// With the data dir outside /tmp (which sandboxes cover anyway), under target/tmp.
     pub fn start_outside_tmp() -> Server {
-        Server::start_in(tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap())
+        Server::start_in(
+            tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap(),
+            &[],
+        )
     }
 
-    fn start_in(tmp: tempfile::TempDir) -> Server {
+    fn start_in(tmp: tempfile::TempDir, extra: &[&str]) -> Server {
         let data_dir = tmp.path().join("data");
         let home = tmp.path().join("home");
         std::fs::create_dir_all(&home).unwrap();
@@ -71,6 +105,7 @@ impl Server {
             url: String::new(),
             data_dir,
             home,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
             _tmp: tmp,
         };
         s.spawn();
@@ -94,6 +129,7 @@ impl Server {
                 "--data-dir",
             ])
             .arg(&self.data_dir)
+            .args(&self.extra)
             .env("HOME", &self.home)
             .env_remove("NUBO_TOKEN")
             .env_remove("NUBO_SERVER")

@@ -5,5 +5,7 @@ mod admin;
 mod deploys;
 #[macro_use]
 mod harness;
+mod async_invocations;
+mod lambda;
 mod process_apps;
 mod wasm_functions;
