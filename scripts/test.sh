@@ -7,4 +7,6 @@ rustup target add wasm32-wasip2 >/dev/null
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The Rust Lambda example (its `bootstrap`) is deployed by the e2e tests, unchanged.
+cargo build -p rust-lambda-example
 cargo test --workspace

@@ -65,9 +65,14 @@ pub async fn run(state: Arc<AppState>) {
                 while let Some(t) = next_after(&cron, tick).filter(|t| *t <= now_ms) {
                     tick = t;
                 }
-                after.insert(key, tick);
-                fire(&state, f, schedule, tick).await;
-                sleep = Duration::ZERO;
+                // Advanced only once queued: a failed enqueue is tried again (the store's last
+                // fire time still keeps it from firing twice).
+                if fire(&state, f, schedule, tick).await {
+                    after.insert(key, tick);
+                    sleep = Duration::ZERO;
+                } else {
+                    sleep = sleep.min(Duration::from_secs(1));
+                }
             }
         }
         after.retain(|k, _| live.contains(k));
@@ -90,7 +95,13 @@ fn next_after(cron: &croner::Cron, ms: i64) -> Option<i64> {
         .map(|t| t.timestamp_millis())
 }
 
-async fn fire(state: &Arc<AppState>, f: &crate::live::LiveFunction, schedule: &str, tick: i64) {
+/// Queues one tick; false when it could not be queued (to be tried again).
+async fn fire(
+    state: &Arc<AppState>,
+    f: &crate::live::LiveFunction,
+    schedule: &str,
+    tick: i64,
+) -> bool {
     let time = DateTime::<Utc>::from_timestamp_millis(tick)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
         .unwrap_or_default();
@@ -108,11 +119,15 @@ async fn fire(state: &Arc<AppState>, f: &crate::live::LiveFunction, schedule: &s
         .enqueue_tick(schedule.to_string(), tick, inv)
         .await
     {
-        Ok(true) => {}
-        Ok(false) => tracing::debug!("cron {schedule} of {} at {time} already fired", f.name),
+        Ok(true) => true,
+        Ok(false) => {
+            tracing::debug!("cron {schedule} of {} at {time} already fired", f.name);
+            true
+        }
         Err(e) => {
-            let text = format!("cron {schedule} at {time} could not be queued: {e}");
+            let text = format!("cron {schedule} at {time} could not be queued: {e}; retrying");
             state.logs.line(&f.name, "nubo", None, None, text);
+            false
         }
     }
 }

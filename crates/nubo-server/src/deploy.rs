@@ -305,70 +305,71 @@ pub async fn load_deployed(state: &Arc<AppState>) -> anyhow::Result<()> {
     let mut live = Vec::new();
     let mut components: HashMap<String, WasmComponent> = HashMap::new();
     for r in records {
-        let digest = r.revision.digest.clone();
-        let runner = match r.revision.spec.kind {
-            Kind::Wasm => {
-                let component = match components.get(&digest) {
-                    Some(c) => c.clone(),
-                    None => match load_component(state, &digest).await {
-                        Ok(c) => {
-                            components.insert(digest.clone(), c.clone());
-                            c
-                        }
-                        Err(e) => {
-                            tracing::error!(
-                                "function {} revision {} cannot be loaded: {e}",
-                                r.name,
-                                r.revision.number
-                            );
-                            continue;
-                        }
-                    },
-                };
-                Runner::Wasm(WasmRunner::new(
-                    state,
-                    &r.name,
-                    r.revision.number,
-                    &r.revision.spec,
-                    component,
-                ))
-            }
-            _ => {
-                let planned = PlannedFunction {
-                    name: r.name.clone(),
-                    digest: digest.clone(),
-                    spec: r.revision.spec.clone(),
-                };
-                match build_app(state, &planned, r.revision.number).await {
-                    Ok(app) => {
-                        let a = app.clone();
-                        let name = r.name.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = a.prepare().await {
-                                tracing::error!("function {name}: {e}");
-                            }
-                        });
-                        Runner::Process(app)
-                    }
-                    Err(e) => {
-                        tracing::error!("function {} cannot be loaded: {e}", r.name);
-                        continue;
-                    }
-                }
-            }
-        };
-        live.push(LiveFunction::new(
-            state,
-            &r.name,
-            &r.project,
-            r.revision.number,
-            r.revision.spec,
-            &digest,
-            runner,
-        ));
+        match load_revision(state, &r.name, &r.project, &r.revision, &mut components).await {
+            Ok(f) => live.push(f),
+            Err(e) => tracing::error!(
+                "function {} revision {} cannot be loaded: {e}",
+                r.name,
+                r.revision.number
+            ),
+        }
     }
     state.set_table(RouteTable::new(live));
     Ok(())
+}
+
+/// A stored revision made live: a wasm component from the compiled cache, or an app whose
+/// seed, `min` and `warm` instances start in the background.
+pub async fn load_revision(
+    state: &Arc<AppState>,
+    name: &str,
+    project: &str,
+    rev: &nubo_store::RevisionRecord,
+    components: &mut HashMap<String, WasmComponent>,
+) -> anyhow::Result<Arc<LiveFunction>> {
+    let digest = rev.digest.clone();
+    let runner = match rev.spec.kind {
+        Kind::Wasm => {
+            let component = match components.get(&digest) {
+                Some(c) => c.clone(),
+                None => {
+                    let c = load_component(state, &digest).await?;
+                    components.insert(digest.clone(), c.clone());
+                    c
+                }
+            };
+            Runner::Wasm(WasmRunner::new(
+                state, name, rev.number, &rev.spec, component,
+            ))
+        }
+        _ => {
+            let planned = PlannedFunction {
+                name: name.to_string(),
+                digest: digest.clone(),
+                spec: rev.spec.clone(),
+            };
+            let app = build_app(state, &planned, rev.number)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            let a = app.clone();
+            let name = name.to_string();
+            tokio::spawn(async move {
+                if let Err(e) = a.prepare().await {
+                    tracing::error!("function {name}: {e}");
+                }
+            });
+            Runner::Process(app)
+        }
+    };
+    Ok(LiveFunction::new(
+        state,
+        name,
+        project,
+        rev.number,
+        rev.spec.clone(),
+        &digest,
+        runner,
+    ))
 }
 
 async fn load_component(state: &AppState, digest: &str) -> anyhow::Result<WasmComponent> {
@@ -382,7 +383,7 @@ async fn load_component(state: &AppState, digest: &str) -> anyhow::Result<WasmCo
 }
 
 /// Lets a replaced or removed revision finish its requests, then releases its instances.
-fn retire(state: &AppState, f: &LiveFunction) {
+pub fn retire(state: &AppState, f: &LiveFunction) {
     match &f.runner {
         Runner::Wasm(w) => drop(w.pool.drain_idle()),
         Runner::Process(app) => {

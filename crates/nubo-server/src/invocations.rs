@@ -24,6 +24,8 @@ const RESULT_KEPT: usize = 64 * 1024;
 /// First retry delay; doubled per attempt, capped at [`BACKOFF_MAX`].
 const BACKOFF_BASE: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How often finished invocations beyond the kept number are trimmed.
+const TRIM_EVERY: Duration = Duration::from_secs(60);
 /// A throttled attempt (the function at its limit) waits this long and does not count.
 const THROTTLE_WAIT: Duration = Duration::from_millis(500);
 
@@ -140,7 +142,14 @@ pub fn accepted(id: &str) -> Response {
 /// Runs due invocations until the server stops, at most [`WORKERS`] at a time.
 pub async fn dispatch(state: Arc<AppState>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(WORKERS));
+    let mut trimmed = Instant::now();
     loop {
+        if trimmed.elapsed() > TRIM_EVERY {
+            trimmed = Instant::now();
+            if let Err(e) = state.queue.trim().await {
+                tracing::warn!("trimming finished invocations failed: {e}");
+            }
+        }
         if permits.available_permits() == 0 {
             // All busy: wait for one to finish before claiming more.
             drop(permits.clone().acquire_owned().await);
@@ -181,9 +190,14 @@ pub async fn dispatch(state: Arc<AppState>) {
                     let text = format!("async attempt {attempts} of {max} failed: {error}; {next}");
                     state.logs.line(&function, "nubo", None, Some(&id), text);
                 }
-                if let Err(e) = state.queue.finish(id.clone(), outcome).await {
-                    // It stays `running` in the store and runs again after a restart.
-                    tracing::error!("recording the end of async invocation {id} failed: {e}");
+                // Retried until written: a row left `running` would wait for a restart.
+                let mut pause = Duration::from_millis(100);
+                while let Err(e) = state.queue.finish(id.clone(), outcome.clone()).await {
+                    tracing::error!(
+                        "recording the end of async invocation {id} failed: {e}; retrying"
+                    );
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(10));
                 }
                 drop(permit);
             });
@@ -206,23 +220,30 @@ pub async fn dispatch(state: Arc<AppState>) {
 
 /// One attempt of an invocation.
 async fn attempt(state: &Arc<AppState>, rec: InvocationRecord) -> Outcome {
-    let Some(f) = state.table().function(&rec.function).cloned() else {
-        return failed(
-            &rec,
-            None,
-            Vec::new(),
-            format!("function {} is not deployed", rec.function),
-        );
+    let f = match state.function_at(&rec.function, rec.revision).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let what = match rec.revision {
+                Some(n) => format!("revision {n} of function {}", rec.function),
+                None => format!("function {}", rec.function),
+            };
+            return failed(&rec, None, Vec::new(), format!("{what} is not deployed"));
+        }
+        Err(e) => return failed(&rec, None, Vec::new(), e),
     };
     if rec.trigger == "http" {
         let (parts, body) = match stored_request(&rec) {
             Ok(r) => r,
             Err(why) => return failed(&rec, None, Vec::new(), why),
         };
+        let timeout = f.spec.timeout.to_std();
         let resp = gateway::run(state, f, parts, body, rec.id.clone(), Instant::now()).await;
         let platform = resp.extensions().get::<PlatformError>().copied();
         let status = resp.status().as_u16();
-        let body = collect(resp, state.body_limit).await;
+        let Some(body) = collect(resp, state.body_limit, timeout).await else {
+            let error = "the response body did not end within the function's timeout".to_string();
+            return failed(&rec, Some(status), Vec::new(), error);
+        };
         match platform {
             Some(p) if is_throttle(p.code) => throttled(),
             Some(p) => {
@@ -302,13 +323,14 @@ fn platform_message(body: &[u8]) -> String {
         .unwrap_or_default()
 }
 
-async fn collect(resp: Response, limit: usize) -> Vec<u8> {
-    match http_body_util::Limited::new(resp.into_body(), limit)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes().to_vec(),
-        Err(_) => Vec::new(),
+/// The response body, up to `limit` bytes; `None` when it does not end within `timeout` (a
+/// streaming answer must not hold a worker forever).
+async fn collect(resp: Response, limit: usize, timeout: Duration) -> Option<Vec<u8>> {
+    let body = http_body_util::Limited::new(resp.into_body(), limit).collect();
+    match tokio::time::timeout(timeout, body).await {
+        Ok(Ok(b)) => Some(b.to_bytes().to_vec()),
+        Ok(Err(_)) => Some(Vec::new()),
+        Err(_) => None,
     }
 }
 

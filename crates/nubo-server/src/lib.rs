@@ -17,6 +17,7 @@ mod lambda;
 mod live;
 mod logs;
 mod metrics;
+mod pinned;
 mod proxy;
 mod queue;
 mod routes;
@@ -98,9 +99,27 @@ pub(crate) struct AppState {
     pub deployed: tokio::sync::Notify,
     pub aws_region: String,
     pub aws_keys: nubo_aws::sigv4::Keys,
+    /// Older revisions invoked by `Qualifier`.
+    pub pinned: pinned::Pinned,
 }
 
 impl AppState {
+    /// Revision `revision` of a deployed function (the current one, or an older one made live
+    /// on demand); `Ok(None)` when either does not exist.
+    pub async fn function_at(
+        self: &Arc<Self>,
+        name: &str,
+        revision: Option<i64>,
+    ) -> Result<Option<Arc<live::LiveFunction>>, String> {
+        let Some(current) = self.table().function(name).cloned() else {
+            return Ok(None);
+        };
+        match revision {
+            Some(n) if n != current.revision => self.pinned.get(self, name, n).await,
+            _ => Ok(Some(current)),
+        }
+    }
+
     pub fn table(&self) -> Arc<RouteTable> {
         self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -167,6 +186,7 @@ pub async fn run(
         deployed: tokio::sync::Notify::new(),
         aws_region: opts.aws_region.clone(),
         aws_keys: opts.aws_keys.clone(),
+        pinned: pinned::Pinned::default(),
     });
     deploy::load_deployed(&state).await?;
     let reaper = tokio::spawn(live::reap_idle_instances(state.clone()));

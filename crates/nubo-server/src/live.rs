@@ -149,5 +149,7 @@ pub async fn reap_idle_instances(state: Arc<AppState>) {
                 Runner::Process(app) => app.maintain(now),
             }
         }
+        drop(table);
+        state.pinned.maintain(&state, now).await;
     }
 }

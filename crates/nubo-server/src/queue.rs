@@ -46,6 +46,8 @@ pub trait InvocationQueue: Send + Sync {
     ) -> Result<Option<i64>, QueueError>;
     /// Queued and running invocations per function.
     async fn depths(&self) -> Result<Vec<(String, i64)>, QueueError>;
+    /// Drops the oldest finished invocations beyond what is kept.
+    async fn trim(&self) -> Result<usize, QueueError>;
     /// Notified when work arrives (an enqueue or a replay).
     fn arrivals(&self) -> &Notify;
 }
@@ -231,6 +233,10 @@ impl InvocationQueue for SqliteQueue {
 
     async fn depths(&self) -> Result<Vec<(String, i64)>, QueueError> {
         self.read(|s| s.queue_depths()).await
+    }
+
+    async fn trim(&self) -> Result<usize, QueueError> {
+        self.read(|s| s.trim_invocations()).await
     }
 
     fn arrivals(&self) -> &Notify {

@@ -123,8 +123,8 @@ fn record(r: &Row<'_>) -> rusqlite::Result<InvocationRecord> {
 fn insert(tx: &rusqlite::Transaction<'_>, n: &NewInvocation) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO invocations (id, function, revision, trigger, request, payload, status,
-         attempts, max_attempts, expires_at, next_at, created_at, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?8, ?9, ?9, ?9)",
+         attempts, max_attempts, expires_at, max_age_ms, next_at, created_at, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?8, ?8 - ?9, ?9, ?9, ?9)",
     )?
     .execute(params![
         n.id,
@@ -202,10 +202,16 @@ impl Store {
         Ok(claimed)
     }
 
-    /// At start: invocations that were running when the server stopped are queued again.
+    /// At start: invocations that were running when the server stopped are queued again,
+    /// unless that was their last attempt (one that takes the server down must not run at
+    /// every start).
     pub fn requeue_running(&self, now: i64) -> Result<usize, StoreError> {
         Ok(self.conn().execute(
-            "UPDATE invocations SET status = 'queued', next_at = ?1, updated_at = ?1
+            "UPDATE invocations SET
+               status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+               error = CASE WHEN attempts >= max_attempts
+                       THEN 'the server stopped during the last attempt' ELSE error END,
+               next_at = ?1, updated_at = ?1
              WHERE status = 'running'",
             [now],
         )?)
@@ -268,27 +274,22 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let ids = serde_json::to_string(ids).unwrap_or_else(|_| "[]".into());
         let replayed = {
+            // A fresh `max_age` from now: `max_age_ms` is the window the invocation was
+            // accepted with.
             let mut stmt = tx.prepare_cached(
                 "UPDATE invocations SET status = 'queued', attempts = 0, next_at = ?2,
-                     expires_at = ?2 + (expires_at - created_at), updated_at = ?2
-                 WHERE function = ?1 AND status = 'dead' RETURNING id",
+                     expires_at = ?2 + max_age_ms, updated_at = ?2
+                 WHERE function = ?1 AND status = 'dead'
+                   AND (json_array_length(?3) = 0 OR id IN (SELECT value FROM json_each(?3)))
+                 RETURNING id",
             )?;
-            let rows = stmt.query_map(params![function, now], |r| r.get::<_, String>(0))?;
+            let rows = stmt.query_map(params![function, now, ids], |r| r.get::<_, String>(0))?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
-        // Filtering after the update keeps one statement; put back what was not asked for.
-        let (keep, undo): (Vec<String>, Vec<String>) = replayed
-            .into_iter()
-            .partition(|id| ids.is_empty() || ids.contains(id));
-        for id in &undo {
-            tx.execute(
-                "UPDATE invocations SET status = 'dead', attempts = max_attempts WHERE id = ?1",
-                [id],
-            )?;
-        }
         tx.commit()?;
-        Ok(keep)
+        Ok(replayed)
     }
 
     /// Trims finished invocations beyond [`FINISHED_KEPT`], oldest first.
@@ -325,10 +326,12 @@ fn finish(
     now: i64,
 ) -> rusqlite::Result<bool> {
     let n = match outcome {
+        // The payload is not needed once it succeeded (only dead letters are replayed).
         Outcome::Succeeded { status, body } => tx
             .prepare_cached(
                 "UPDATE invocations SET status = 'succeeded', result_status = ?2, result = ?3,
-                 error = NULL, updated_at = ?4 WHERE id = ?1 AND status = 'running'",
+                 error = NULL, payload = X'', request = '{}', updated_at = ?4
+                 WHERE id = ?1 AND status = 'running'",
             )?
             .execute(params![id, status, body, now])?,
         Outcome::Failed {

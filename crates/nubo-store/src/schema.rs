@@ -63,6 +63,7 @@ CREATE TABLE invocations (
     attempts INTEGER NOT NULL DEFAULT 0,
     max_attempts INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
+    max_age_ms INTEGER NOT NULL,
     next_at INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL,

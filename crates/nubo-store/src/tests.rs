@@ -233,7 +233,10 @@ fn failures_retry_until_out_of_attempts_then_dead_letter_and_replay() {
         },
         now: 310,
     };
-    assert_eq!(store.queue_write(std::slice::from_ref(&ok)).unwrap(), vec![true]);
+    assert_eq!(
+        store.queue_write(std::slice::from_ref(&ok)).unwrap(),
+        vec![true]
+    );
     assert_eq!(
         store.queue_write(&[ok]).unwrap(),
         vec![false],

@@ -92,30 +92,11 @@ pub async fn handle(state: Arc<AppState>, req: axum::extract::Request) -> Respon
         qualifier = Some(q);
     }
     let arn = super::function_arn(&state.aws_region, &name);
-    let Some(f) = state.table().function(&name).cloned() else {
-        return aws_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            format!("Function not found: {arn}"),
-            &id,
-        );
-    };
     let revision = match qualifier.as_deref() {
         None | Some("$LATEST") => None,
         Some(q) => match q.parse::<i64>() {
-            Ok(n) if n == f.revision => Some(n),
-            Ok(n) => {
-                return aws_error(
-                    StatusCode::NOT_FOUND,
-                    "ResourceNotFoundException",
-                    format!(
-                        "Function not found: {arn}:{n} (revision {n} is not live; the current revision is {})",
-                        f.revision
-                    ),
-                    &id,
-                );
-            }
-            Err(_) => {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
                 return aws_error(
                     StatusCode::BAD_REQUEST,
                     "InvalidParameterValueException",
@@ -124,6 +105,29 @@ pub async fn handle(state: Arc<AppState>, req: axum::extract::Request) -> Respon
                 );
             }
         },
+    };
+    let f = match state.function_at(&name, revision).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            let what = match revision {
+                Some(n) => format!("{arn}:{n}"),
+                None => arn,
+            };
+            return aws_error(
+                StatusCode::NOT_FOUND,
+                "ResourceNotFoundException",
+                format!("Function not found: {what}"),
+                &id,
+            );
+        }
+        Err(e) => {
+            return aws_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                format!("revision {revision:?} of {name} could not be loaded: {e}"),
+                &id,
+            );
+        }
     };
     let payload = if body.iter().all(u8::is_ascii_whitespace) {
         Bytes::from_static(b"{}")
@@ -313,6 +317,7 @@ pub async fn invoke_payload(
         Ok(p) => p,
         Err(e) => return PayloadResult::Platform(ApiError::internal("building the request", e)),
     };
+    let timeout = f.spec.timeout.to_std();
     let resp = gateway::run(state, f, parts, payload, id.to_string(), Instant::now()).await;
     let status = resp.status();
     let platform = resp.extensions().get::<PlatformError>().copied();
@@ -325,17 +330,25 @@ pub async fn invoke_payload(
         .headers()
         .get(header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok()?.parse().ok());
-    let body = match http_body_util::Limited::new(resp.into_body(), state.body_limit)
-        .collect()
-        .await
-    {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let body = http_body_util::Limited::new(resp.into_body(), state.body_limit).collect();
+    // A streaming answer must not hold the caller (or an async worker) past the timeout.
+    let body = match tokio::time::timeout(timeout, body).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) => {
             return PayloadResult::Platform(ApiError::new(
                 StatusCode::BAD_GATEWAY,
                 "bad_gateway",
                 format!("reading the function's answer failed: {e}"),
             ));
+        }
+        Err(_) => {
+            return PayloadResult::FunctionError {
+                body: json_bytes(json!({
+                    "errorType": "timeout",
+                    "errorMessage": "the function's response body did not end within its timeout",
+                })),
+                instance,
+            };
         }
     };
     match platform {

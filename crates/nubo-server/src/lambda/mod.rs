@@ -89,7 +89,7 @@ pub struct Called {
 
 /// Runs one invocation on an idle instance of `app`.
 pub async fn call(
-    state: &AppState,
+    state: &Arc<AppState>,
     f: Arc<LiveFunction>,
     app: &Arc<AppRevision>,
     payload: Bytes,
@@ -137,67 +137,95 @@ pub async fn call(
         };
     };
     let timeout = f.spec.timeout.to_std();
-    let started = Instant::now();
-    let deadline_ms = epoch_ms(SystemTime::now() + timeout);
-    let answer = runtime.invoke(Event {
-        request_id: id.to_string(),
-        deadline_ms,
-        payload,
-        trace_id: trace_id(id),
-    });
-    let result = tokio::select! {
-        a = answer => match a {
-            Ok(a) => Ok(a),
-            Err(_) => Err(Failure::Ended(instance.wait_exit().await)),
-        },
-        exit = instance.wait_exit() => Err(Failure::Ended(exit)),
-        _ = tokio::time::sleep(timeout) => Err(Failure::Timeout),
-    };
-    let exec = started.elapsed();
-    f.gb_seconds.inc_by(f.gb * exec.as_secs_f64());
-    match &result {
-        Ok(_) => drop(lease),
-        Err(Failure::Timeout) => {
-            // As in AWS: the runtime is stopped mid-invocation and a fresh one serves next.
-            runtime.abandon();
-            app.pool.remove(&instance);
-            drop(lease);
-            let text = format!(
-                "{id} Task timed out after {:.2} seconds",
-                timeout.as_secs_f64()
-            );
-            state
-                .logs
-                .line(&f.name, "nubo", Some(&instance.id), Some(id), text);
-            let i = instance.clone();
-            tokio::spawn(async move { i.stop(Duration::ZERO).await });
-        }
-        Err(Failure::Ended(exit)) => {
-            app.pool.remove(&instance);
-            drop(lease);
-            let text = if exit.oom {
-                format!(
-                    "invocation failed: the runtime ran out of memory (limit {}) and was killed",
-                    f.spec.memory
-                )
-            } else {
-                format!(
-                    "invocation failed: the runtime {} mid-invocation",
-                    exit.status
-                )
+    // On a task of its own: if the caller goes away (a client hung up), the invocation still
+    // ends by its answer or its timeout, and the instance goes back to the pool only then.
+    let task = {
+        let (state, f, app, instance) = (state.clone(), f.clone(), app.clone(), instance.clone());
+        let id = id.to_string();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer = runtime.invoke(Event {
+                request_id: id.clone(),
+                deadline_ms: epoch_ms(SystemTime::now() + timeout),
+                payload,
+                trace_id: trace_id(&id),
+            });
+            // The answer first: a runtime may post it and exit right after.
+            let result = tokio::select! {
+                biased;
+                a = answer => match a {
+                    Ok(a) => Ok(a),
+                    Err(_) => Err(Failure::Ended(exit_soon(&instance).await)),
+                },
+                exit = instance.wait_exit() => Err(Failure::Ended(exit)),
+                _ = tokio::time::sleep(timeout) => Err(Failure::Timeout),
             };
-            state
-                .logs
-                .line(&f.name, "nubo", Some(&instance.id), Some(id), text);
-        }
-        Err(Failure::Platform(_)) => drop(lease),
-    }
+            let exec = started.elapsed();
+            f.gb_seconds.inc_by(f.gb * exec.as_secs_f64());
+            let log = |text: String| {
+                state
+                    .logs
+                    .line(&f.name, "nubo", Some(&instance.id), Some(&id), text)
+            };
+            match &result {
+                Ok(_) => drop(lease),
+                Err(Failure::Timeout) => {
+                    // As in AWS: the runtime is stopped mid-invocation; a fresh one serves next.
+                    runtime.abandon();
+                    app.pool.remove(&instance);
+                    drop(lease);
+                    log(format!(
+                        "{id} Task timed out after {:.2} seconds",
+                        timeout.as_secs_f64()
+                    ));
+                    let i = instance.clone();
+                    tokio::spawn(async move { i.stop(Duration::ZERO).await });
+                }
+                Err(Failure::Ended(exit)) => {
+                    app.pool.remove(&instance);
+                    drop(lease);
+                    log(if exit.oom {
+                        format!(
+                            "invocation failed: the runtime ran out of memory (limit {}) and was killed",
+                            f.spec.memory
+                        )
+                    } else {
+                        format!(
+                            "invocation failed: the runtime {} mid-invocation",
+                            exit.status
+                        )
+                    });
+                    let i = instance.clone();
+                    tokio::spawn(async move { i.stop(Duration::ZERO).await });
+                }
+                Err(Failure::Platform(_)) => drop(lease),
+            }
+            (result, exec)
+        })
+    };
+    let (result, exec) = match task.await {
+        Ok(r) => r,
+        Err(e) => (
+            Err(Failure::Platform(ApiError::internal("the invocation", e))),
+            Duration::ZERO,
+        ),
+    };
     Called {
         f,
         answer: result,
         instance: Some(instance.id.clone()),
         timing: timing(exec),
     }
+}
+
+/// How the instance ended, once its runtime dropped an invocation (it is ending, or stuck).
+async fn exit_soon(instance: &nubo_sandbox::process::ProcessInstance) -> Exit {
+    tokio::time::timeout(Duration::from_secs(1), instance.wait_exit())
+        .await
+        .unwrap_or_else(|_| Exit {
+            status: "dropped the invocation".into(),
+            oom: false,
+        })
 }
 
 fn epoch_ms(t: SystemTime) -> i64 {

@@ -78,6 +78,61 @@ server.listen(Number(process.env.PORT || 8000), "127.0.0.1");
 process.on("SIGTERM", () => server.close(() => process.exit(0)));
 "#;
 
+const PYTHON_LAMBDA: &str = r#""""An AWS Lambda handler, exactly as it would be deployed to AWS.
+
+Nubo runs it with the official runtime client, `python3 -m awslambdaric handler.main`: the
+client fetches each event from the Runtime API Nubo serves to this instance and calls `main`.
+"""
+import base64
+import json
+import os
+
+
+def main(event, context):
+    # HTTP requests (`/fn/<function>/...`, the manifest's routes, `nubo invoke`) arrive as API
+    # Gateway HTTP API payload 2.0 events, the events a Lambda function URL sends.
+    if isinstance(event, dict) and "rawPath" in event:
+        name = http_name(event)
+        print(f"{event['requestContext']['http']['method']} {event['rawPath']} for {name}")
+        return {
+            "statusCode": 200,
+            "headers": {"content-type": "application/json"},
+            "body": json.dumps(
+                {
+                    "message": f"Hello, {name}!",
+                    "path": event["rawPath"],
+                    "request_id": context.aws_request_id,
+                }
+            ),
+        }
+    # Anything else (the Invoke API, AWS CLI and SDKs, async invocations, cron) is the JSON
+    # event as sent; the return value is the result.
+    name = event.get("name", "world") if isinstance(event, dict) else "world"
+    print(f"event for {name}")
+    return {
+        "message": f"Hello, {name}!",
+        "function": context.function_name,
+        "version": context.function_version,
+        "memory_mb": context.memory_limit_in_mb,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "region": os.environ.get("AWS_REGION"),
+    }
+
+
+def http_name(event):
+    """`?name=` from the query string, else `name` from a JSON body, else "world"."""
+    query = event.get("queryStringParameters") or {}
+    if query.get("name"):
+        return query["name"]
+    body = event.get("body") or ""
+    if event.get("isBase64Encoded"):
+        body = base64.b64decode(body).decode("utf-8", "replace")
+    try:
+        return json.loads(body).get("name") or "world"
+    except (ValueError, AttributeError):
+        return "world"
+"#;
+
 pub fn run(template: &str, dir: &Path) -> anyhow::Result<()> {
     let name = dir
         .file_name()
@@ -137,8 +192,18 @@ pub fn run(template: &str, dir: &Path) -> anyhow::Result<()> {
                 ),
             ),
         ],
+        "python-lambda" => vec![
+            ("handler.py", PYTHON_LAMBDA.to_string()),
+            (".nuboignore", "__pycache__/\n*.pyc\n.venv/\n".to_string()),
+            (
+                "nubo.yaml",
+                format!(
+                    "project: {name}\nfunctions:\n  {name}:\n    kind: lambda\n    # An AWS Lambda handler, unchanged, on the official runtime client (awslambdaric).\n    command: [python3, -m, awslambdaric, handler.main]\n    memory: 128Mi\n    timeout: 10s\n    # One invocation at a time per instance, as on AWS: scale.max caps them.\n    scale: {{ max: 10, idle: 5m }}\n    async: {{ retries: 2, max_age: 1h }}\n    routes:\n      - path: /{name}\n"
+                ),
+            ),
+        ],
         other => bail!(
-            "unknown template {other:?}: available templates: rust-wasm, python-app, node-app"
+            "unknown template {other:?}: available templates: rust-wasm, python-app, node-app, python-lambda"
         ),
     };
     for (path, text) in files {
@@ -153,8 +218,15 @@ pub fn run(template: &str, dir: &Path) -> anyhow::Result<()> {
     match template {
         "rust-wasm" => println!("  rustup target add wasm32-wasip2   # once"),
         "python-app" => println!("  pip install flask   # on the server, once"),
+        "python-lambda" => println!(
+            "  pip install awslambdaric   # on the server, once (or into the project: pip install --target {} awslambdaric)",
+            dir.display()
+        ),
         _ => {}
     }
     println!("  cd {} && nubo deploy", dir.display());
+    if template == "python-lambda" {
+        println!("  nubo invoke {name} --data '{{\"name\": \"Ada\"}}'");
+    }
     Ok(())
 }

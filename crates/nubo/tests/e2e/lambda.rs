@@ -173,12 +173,31 @@ fn python_lambda_runs_unchanged_over_http_and_the_invoke_api() {
     );
     assert!(logs(&s, "broken").contains("cannot be imported"));
 
-    // Idle instances scale back to zero like any other kind.
-    let n = s.admin_get("/functions/py/instances")["instances"]
-        .as_array()
-        .unwrap()
-        .len();
-    assert!(n >= 1);
+    // A new revision; `Qualifier` still reaches the old one, made live on demand.
+    let yaml = py_lambda("").replace("timeout: 2s", "timeout: 3s");
+    s.deploy_project(Project::app(&yaml, "lambda-py"));
+    let qualified = |q: &str| {
+        s.http()
+            .post(format!(
+                "{}/2015-03-31/functions/py/invocations?Qualifier={q}",
+                s.url
+            ))
+            .body("{}")
+            .send()
+            .unwrap()
+    };
+    let r = qualified("1");
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-amz-executed-version"), "1");
+    assert_eq!(r.json::<Value>().unwrap()["version"], "1");
+    let r = qualified("%24LATEST");
+    assert_eq!(header(&r, "x-amz-executed-version"), "2");
+    assert_eq!(r.json::<Value>().unwrap()["version"], "2");
+    let r = qualified("9");
+    assert_eq!(r.status(), 404);
+    assert_eq!(header(&r, "x-amzn-errortype"), "ResourceNotFoundException");
+    let r = invoke_api(&s, "py:1", "RequestResponse", "{}");
+    assert_eq!(header(&r, "x-amz-executed-version"), "1");
 }
 
 /// boto3, as users call AWS Lambda, pointed at Nubo.

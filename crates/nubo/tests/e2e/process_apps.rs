@@ -388,4 +388,19 @@ fn starters_deploy_unchanged() {
         let body: Value = r.json().unwrap();
         assert_eq!(body["message"], "Hello from Nubo!", "{template}: {body}");
     }
+    // The Lambda starter: an unchanged handler on awslambdaric.
+    require_python_module("awslambdaric", "awslambdaric");
+    let out = s.nubo_in(tmp.path(), &["init", "python-lambda", "pylam"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let dir = tmp.path().join("pylam");
+    let out = s.nubo_in(&dir, &["deploy"]);
+    assert!(out.status.success(), "{}\n{}", text(&out.stderr), s.log());
+    let out = s.nubo(&["invoke", "pylam", "--data", r#"{"name": "Ada"}"#]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let body: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["message"], "Hello, Ada!");
+    assert_eq!(
+        s.get("/pylam").json::<Value>().unwrap()["message"],
+        "Hello, world!"
+    );
 }
