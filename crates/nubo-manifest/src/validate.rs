@@ -596,7 +596,12 @@ fn check_cron(expr: &str) -> Result<(), String> {
             "{expr:?} has {fields} fields: a schedule has 5 (minute hour day month weekday) or 6 (with seconds first), in UTC"
         ));
     }
-    expr.parse::<croner::Cron>()
+    let cron = expr
+        .parse::<croner::Cron>()
+        .map_err(|e| format!("invalid schedule {expr:?}: {e}"))?;
+    // A valid pattern may still name no date at all (February 31st): refuse it rather than
+    // deploy a trigger that silently never fires.
+    cron.find_next_occurrence(&chrono::Utc::now(), false)
         .map(|_| ())
-        .map_err(|e| format!("invalid schedule {expr:?}: {e}"))
+        .map_err(|_| format!("schedule {expr:?} never fires: no date matches it"))
 }

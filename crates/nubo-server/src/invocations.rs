@@ -87,6 +87,18 @@ pub async fn enqueue(
     payload: Bytes,
     revision: Option<i64>,
 ) -> Result<(), ApiError> {
+    if !state.backlog.admit(&f.name, state.max_queued) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            format!(
+                "function {} has {} async invocations waiting, its limit on this node",
+                f.name, state.max_queued
+            ),
+        )
+        .hint("retry later; the limit is `nubo up --max-queued-invocations`")
+        .retry_after(1));
+    }
     state
         .queue
         .enqueue(new_invocation(f, id, trigger, request, payload, revision))
@@ -139,11 +151,42 @@ pub fn accepted(id: &str) -> Response {
     resp
 }
 
+/// Unfinished async invocations per function: refreshed from the queue every second and
+/// counting the accepts since, so one function cannot queue without bound (the limit holds to
+/// within a second of accepts).
+#[derive(Default)]
+pub struct Backlog(std::sync::Mutex<std::collections::HashMap<String, i64>>);
+
+impl Backlog {
+    /// Counts one more for `function` unless it is at `max`.
+    fn admit(&self, function: &str, max: i64) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(function.to_string()).or_default();
+        if *n >= max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn refresh(&self, depths: Vec<(String, i64)>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = depths.into_iter().collect();
+    }
+}
+
 /// Runs due invocations until the server stops, at most [`WORKERS`] at a time.
 pub async fn dispatch(state: Arc<AppState>) {
     let permits = Arc::new(tokio::sync::Semaphore::new(WORKERS));
     let mut trimmed = Instant::now();
+    let mut counted = Instant::now() - Duration::from_secs(1);
     loop {
+        if counted.elapsed() >= Duration::from_secs(1) {
+            counted = Instant::now();
+            match state.queue.depths().await {
+                Ok(d) => state.backlog.refresh(d),
+                Err(e) => tracing::warn!("counting queued invocations failed: {e}"),
+            }
+        }
         if trimmed.elapsed() > TRIM_EVERY {
             trimmed = Instant::now();
             if let Err(e) = state.queue.trim().await {

@@ -53,6 +53,8 @@ pub struct ServerOptions {
     pub aws_region: String,
     /// Access keys the Lambda Invoke API checks SigV4 signatures against (none: not checked).
     pub aws_keys: nubo_aws::sigv4::Keys,
+    /// Unfinished async invocations one function may have; beyond, 429 `queue_full`.
+    pub max_queued: i64,
 }
 
 impl ServerOptions {
@@ -67,6 +69,7 @@ impl ServerOptions {
             sandbox_init: None,
             aws_region: "us-east-1".into(),
             aws_keys: nubo_aws::sigv4::Keys::default(),
+            max_queued: 100_000,
         }
     }
 }
@@ -101,6 +104,9 @@ pub(crate) struct AppState {
     pub aws_keys: nubo_aws::sigv4::Keys,
     /// Older revisions invoked by `Qualifier`.
     pub pinned: pinned::Pinned,
+    /// Unfinished async invocations per function, and the limit on them.
+    pub backlog: invocations::Backlog,
+    pub max_queued: i64,
 }
 
 impl AppState {
@@ -187,6 +193,8 @@ pub async fn run(
         aws_region: opts.aws_region.clone(),
         aws_keys: opts.aws_keys.clone(),
         pinned: pinned::Pinned::default(),
+        backlog: invocations::Backlog::default(),
+        max_queued: opts.max_queued,
     });
     deploy::load_deployed(&state).await?;
     let reaper = tokio::spawn(live::reap_idle_instances(state.clone()));

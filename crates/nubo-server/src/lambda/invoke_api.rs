@@ -169,6 +169,9 @@ pub async fn handle(state: Arc<AppState>, req: axum::extract::Request) -> Respon
                     set_common(&mut r, &id, &f);
                     r
                 }
+                Err(e) if e.status == StatusCode::TOO_MANY_REQUESTS => {
+                    aws_error(e.status, "TooManyRequestsException", e.message, &id)
+                }
                 Err(e) => aws_error(e.status, "ServiceException", e.message, &id),
             }
         }

@@ -30,6 +30,9 @@ pub struct UpArgs {
     /// (without it, any signature or none is accepted)
     #[arg(long, env = "NUBO_AWS_ACCESS_KEYS", hide_env_values = true)]
     aws_access_keys: Option<String>,
+    /// Unfinished async invocations one function may have queued; beyond, 429 queue_full
+    #[arg(long, default_value_t = 100_000)]
+    max_queued_invocations: u32,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -48,6 +51,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     opts.max_wasm_instances = args.max_wasm_instances;
     opts.body_limit = args.body_limit;
     opts.aws_region = args.aws_region;
+    opts.max_queued = args.max_queued_invocations.max(1) as i64;
     if let Some(spec) = &args.aws_access_keys {
         opts.aws_keys = parse_access_keys(spec)?;
     }

@@ -308,3 +308,48 @@ fn chrono_secs(t: &str) -> i64 {
     let day: i64 = t[8..10].parse().unwrap();
     ((day * 24 + p[0]) * 60 + p[1]) * 60 + p[2]
 }
+
+#[test]
+fn a_function_cannot_queue_without_bound() {
+    require_process_sandbox!();
+    let recorder = Recorder::start();
+    let s = Server::start_with(&["--max-queued-invocations", "3"]);
+    let p = recorder_app(&recorder, "");
+    let yaml = std::fs::read_to_string(p.dir().join("nubo.yaml")).unwrap();
+    let yaml = yaml
+        .replace("RECORDER:", "SLEEP_MS: \"3000\", RECORDER:")
+        .replace("concurrency: 16", "concurrency: 1")
+        .replace("max: 4", "max: 1");
+    std::fs::write(p.dir().join("nubo.yaml"), yaml).unwrap();
+    s.deploy_project(p);
+    let statuses: Vec<u16> = (0..5)
+        .map(|_| {
+            s.http()
+                .post(format!("{}/fn/rec/", s.url))
+                .header("prefer", "respond-async")
+                .send()
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+        .collect();
+    assert_eq!(statuses, [202, 202, 202, 429, 429]);
+    let r = s
+        .http()
+        .post(format!("{}/fn/rec/", s.url))
+        .header("prefer", "respond-async")
+        .send()
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(error_code(&r.json().unwrap()), "queue_full");
+    // The Lambda Event type says so in the AWS shape.
+    let r = s
+        .http()
+        .post(format!("{}/2015-03-31/functions/rec/invocations", s.url))
+        .header("x-amz-invocation-type", "Event")
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-amzn-errortype"], "TooManyRequestsException");
+}
