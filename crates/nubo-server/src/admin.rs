@@ -84,6 +84,23 @@ async fn metrics(State(state): State<S>) -> Response {
         .into_iter()
         .collect();
     let table = state.table();
+    let mut samples = Vec::new();
+    for f in table.functions() {
+        if let Runner::Process(app) = &f.runner {
+            // Reading cgroup files is a few small reads per instance.
+            for r in app.rows(false).into_iter().filter(|r| r.port != 0) {
+                samples.push(crate::metrics::InstanceSample {
+                    labels: crate::metrics::InstanceLabels {
+                        function: f.name.clone(),
+                        instance: r.id,
+                    },
+                    memory_bytes: r.memory_bytes,
+                    cpu_seconds: r.cpu_seconds,
+                });
+            }
+        }
+    }
+    state.metrics.instance_samples.replace(samples);
     for f in table.functions() {
         let c = counts(f);
         for (st, n) in [

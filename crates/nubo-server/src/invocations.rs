@@ -304,7 +304,7 @@ async fn attempt(state: &Arc<AppState>, rec: InvocationRecord) -> Outcome {
         }
     } else {
         let payload = Bytes::from(rec.payload.clone());
-        match invoke_payload(state, f, payload, &rec.id, &rec.trigger).await {
+        match invoke_payload(state, f, payload, &rec.id, &rec.trigger, None).await {
             PayloadResult::Ok { body, .. } => Outcome::Succeeded {
                 status: 200,
                 body: keep(body.to_vec()),

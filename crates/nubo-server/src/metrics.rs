@@ -1,12 +1,15 @@
 //! Prometheus metrics (interface.md §5), encoded at `/_nubo/metrics`.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabel {
@@ -31,6 +34,58 @@ pub struct StateLabels {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub function: String,
+    pub instance: String,
+}
+
+/// One instance's figures at scrape time.
+#[derive(Clone, Debug)]
+pub struct InstanceSample {
+    pub labels: InstanceLabels,
+    pub memory_bytes: u64,
+    pub cpu_seconds: f64,
+}
+
+/// Per-instance series, replaced whole at every scrape: instances come and go, and a series of
+/// a stopped instance must not linger.
+#[derive(Debug, Default)]
+pub struct InstanceSamples(Mutex<Vec<InstanceSample>>);
+
+impl InstanceSamples {
+    pub fn replace(&self, samples: Vec<InstanceSample>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = samples;
+    }
+}
+
+impl Collector for InstanceSamples {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let samples = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut memory = encoder.encode_descriptor(
+            "instance_memory_bytes",
+            "Memory charged to each process or lambda instance (its cgroup)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &samples {
+            let m = prometheus_client::metrics::gauge::ConstGauge::new(s.memory_bytes as i64);
+            m.encode(memory.encode_family(&s.labels)?)?;
+        }
+        let mut cpu = encoder.encode_descriptor(
+            "instance_cpu_seconds",
+            "CPU time used by each process or lambda instance (its cgroup)",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &samples {
+            let c = prometheus_client::metrics::counter::ConstCounter::new(s.cpu_seconds);
+            c.encode(cpu.encode_family(&s.labels)?)?;
+        }
+        Ok(())
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 50 µs to ~100 s.
     Histogram::new(exponential_buckets(0.00005, 2.5, 17))
@@ -46,6 +101,7 @@ pub struct Metrics {
     pub instances: Family<StateLabels, Gauge>,
     pub queue_depth: Family<FunctionLabel, Gauge>,
     pub gb_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
+    pub instance_samples: Arc<InstanceSamples>,
 }
 
 impl Metrics {
@@ -59,8 +115,11 @@ impl Metrics {
             instances: Family::default(),
             queue_depth: Family::default(),
             gb_seconds: Family::default(),
+            instance_samples: Arc::new(InstanceSamples::default()),
             registry: Registry::with_prefix("nubo"),
         };
+        m.registry
+            .register_collector(Box::new(m.instance_samples.clone()));
         m.registry.register(
             "invocations",
             "Invocations by function and HTTP status",

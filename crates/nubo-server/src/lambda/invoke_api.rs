@@ -176,7 +176,8 @@ pub async fn handle(state: Arc<AppState>, req: axum::extract::Request) -> Respon
             }
         }
         "RequestResponse" => {
-            let result = invoke_payload(&state, f.clone(), payload, &id, "invoke").await;
+            let trace = super::trace_header(&parts.headers);
+            let result = invoke_payload(&state, f.clone(), payload, &id, "invoke", trace).await;
             let mut r = match result {
                 PayloadResult::Ok { body, instance } => {
                     let mut r = Response::new(Body::from(body));
@@ -272,6 +273,7 @@ pub async fn invoke_payload(
     payload: Bytes,
     id: &str,
     trigger: &str,
+    trace: Option<String>,
 ) -> PayloadResult {
     if let Runner::Process(app) = &f.runner
         && app.is_lambda()
@@ -279,7 +281,7 @@ pub async fn invoke_payload(
         let app = app.clone();
         f.inflight.inc();
         let inflight = gateway::Inflight(f.inflight.clone());
-        let called = call(state, f, &app, payload, id).await;
+        let called = call(state, f, &app, payload, id, trace).await;
         drop(inflight);
         let instance = called.instance;
         return match called.answer {

@@ -87,13 +87,15 @@ pub struct Called {
     pub timing: String,
 }
 
-/// Runs one invocation on an idle instance of `app`.
+/// Runs one invocation on an idle instance of `app`; `trace` is the caller's trace context
+/// (see [`trace_header`]), handed to the runtime as `Lambda-Runtime-Trace-Id`.
 pub async fn call(
     state: &Arc<AppState>,
     f: Arc<LiveFunction>,
     app: &Arc<AppRevision>,
     payload: Bytes,
     id: &str,
+    trace: Option<String>,
 ) -> Called {
     let (f, app, lease) = match gateway::acquire_process(state, f, app).await {
         Ok(l) => l,
@@ -148,7 +150,7 @@ pub async fn call(
                 request_id: id.clone(),
                 deadline_ms: epoch_ms(SystemTime::now() + timeout),
                 payload,
-                trace_id: trace_id(&id),
+                trace_id: trace.unwrap_or_else(|| trace_id(&id)),
             });
             // The answer first: a runtime may post it and exit right after.
             let result = tokio::select! {
@@ -234,7 +236,36 @@ fn epoch_ms(t: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// An X-Ray style trace header, derived from the invocation id.
+/// The trace context of a request in the X-Ray form the runtime clients expect (they export it
+/// as `_X_AMZN_TRACE_ID`): from a W3C `traceparent` (trace id split 8/24, parent id, sampled
+/// flag), else an `X-Amzn-Trace-Id` as sent.
+pub fn trace_header(headers: &http::HeaderMap) -> Option<String> {
+    if let Some(tp) = headers.get("traceparent").and_then(|v| v.to_str().ok()) {
+        let parts: Vec<&str> = tp.trim().split('-').collect();
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        if let [version, trace, parent, flags] = parts[..]
+            && hex(version, 2)
+            && hex(trace, 32)
+            && hex(parent, 16)
+            && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0')
+        {
+            let sampled = u8::from_str_radix(flags, 16).unwrap_or(0) & 1;
+            return Some(format!(
+                "Root=1-{}-{};Parent={parent};Sampled={sampled}",
+                &trace[..8],
+                &trace[8..]
+            ));
+        }
+    }
+    headers
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() < 512)
+        .map(String::from)
+}
+
+/// A fresh X-Ray style trace header, derived from the invocation id.
 fn trace_id(id: &str) -> String {
     let secs = epoch_ms(SystemTime::now()) / 1000;
     let hex: String = id.chars().filter(|c| c.is_ascii_hexdigit()).collect();
@@ -276,7 +307,8 @@ pub async fn invoke_http(
         time: SystemTime::now(),
     });
     let payload = Bytes::from(event.to_string());
-    let called = call(state, f, app, payload, &id).await;
+    let trace = trace_header(&parts.headers);
+    let called = call(state, f, app, payload, &id, trace).await;
     drop(inflight);
     let f = called.f;
     let mut resp = match called.answer {

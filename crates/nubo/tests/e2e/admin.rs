@@ -86,3 +86,100 @@ fn cli_lists_and_shows_functions() {
         text(&out.stderr)
     );
 }
+
+/// Parses `/_nubo/metrics` with the Prometheus project's own OpenMetrics parser (Python
+/// `prometheus_client`) and prints `{family: [type, [labels...]]}`.
+const PARSE_METRICS: &str = r#"
+import json, sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    out[fam.name] = [fam.type, [dict(s.labels) for s in fam.samples]]
+print(json.dumps(out))
+"#;
+
+#[test]
+fn metrics_parse_and_carry_per_instance_series() {
+    require_process_sandbox!();
+    require_python_module("prometheus_client", "prometheus-client");
+    let s = Server::start();
+    let p = Project::app(
+        "project: m
+functions:
+  web:
+    kind: process
+    command: [node, server.js]
+  m:
+    kind: wasm
+    component: hello.wasm
+",
+        "node",
+    );
+    std::fs::copy(guest("hello"), p.dir().join("hello.wasm")).unwrap();
+    s.deploy_project(p);
+    assert_eq!(s.get("/fn/m/").status(), 200);
+    let r = s.get("/fn/web/");
+    assert_eq!(r.status(), 200);
+    let instance = r.headers()["nubo-instance"].to_str().unwrap().to_string();
+    let exposition = s.get("/_nubo/metrics").text().unwrap();
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", PARSE_METRICS])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the parser refused:\n{}\n{exposition}",
+        text(&out.stderr)
+    );
+    let families: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let family = |name: &str, kind: &str| {
+        let f = &families[name];
+        assert_eq!(f[0], kind, "{name} in {families}");
+        f[1].as_array().unwrap().clone()
+    };
+    for (name, kind) in [
+        ("nubo_invocations", "counter"),
+        ("nubo_invocation_duration_seconds", "histogram"),
+        ("nubo_cold_starts", "counter"),
+        ("nubo_cold_start_duration_seconds", "histogram"),
+        ("nubo_instances", "gauge"),
+        ("nubo_inflight_requests", "gauge"),
+        ("nubo_queue_depth", "gauge"),
+        ("nubo_usage_gb_seconds", "counter"),
+    ] {
+        family(name, kind);
+    }
+    let by_instance = |name: &str, kind: &str| {
+        family(name, kind)
+            .into_iter()
+            .any(|l| l["function"] == "web" && l["instance"] == instance.as_str())
+    };
+    assert!(
+        by_instance("nubo_instance_memory_bytes", "gauge"),
+        "{families}"
+    );
+    assert!(
+        by_instance("nubo_instance_cpu_seconds", "counter"),
+        "{families}"
+    );
+    let cold = family("nubo_cold_starts", "counter");
+    assert!(
+        cold.iter()
+            .any(|l| l["function"] == "web" && l["mode"] == "new")
+    );
+    assert!(
+        cold.iter()
+            .any(|l| l["function"] == "m" && l["mode"] == "new")
+    );
+}

@@ -67,6 +67,10 @@ fn python_lambda_runs_unchanged_over_http_and_the_invoke_api() {
     let r = s
         .http()
         .post(format!("{}/fn/py/items/7?x=1&x=2&y=z", s.url))
+        .header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
         .body("hello")
         .send()
         .unwrap();
@@ -83,6 +87,11 @@ fn python_lambda_runs_unchanged_over_http_and_the_invoke_api() {
     assert_eq!(v["query"], json!({ "x": "1,2", "y": "z" }));
     assert_eq!(v["body"], "hello");
     assert_eq!(v["base64"], false);
+    // The W3C trace context reaches the handler as the runtime's X-Ray trace id.
+    assert_eq!(
+        v["trace"],
+        "Root=1-0af76519-16cd43dd8448eb211c80319c;Parent=b7ad6b7169203331;Sampled=1"
+    );
     // A route delivers the path as sent.
     let r = s.get("/py-route/a");
     assert_eq!(r.status(), 201);
@@ -101,6 +110,7 @@ fn python_lambda_runs_unchanged_over_http_and_the_invoke_api() {
     assert_eq!(v["version"], "1");
     assert_eq!(v["memory"], "128");
     assert_eq!(v["region"], "us-east-1");
+    assert!(v["trace"].as_str().unwrap().starts_with("Root=1-"), "{v}");
     let remaining = v["remaining_ms"].as_i64().unwrap();
     assert!(remaining > 1000 && remaining <= 2000, "{remaining}");
 

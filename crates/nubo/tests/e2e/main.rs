@@ -1,11 +1,11 @@
 //! End-to-end tests: the real `nubo` binary on 127.0.0.1:0 with a temp data dir, driven over
 //! HTTP and through the real CLI, running real components built from `guests/`.
 
-mod admin;
-mod deploys;
 #[macro_use]
 mod harness;
+mod admin;
 mod async_invocations;
+mod deploys;
 mod lambda;
 mod process_apps;
 mod wasm_functions;

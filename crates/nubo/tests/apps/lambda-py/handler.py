@@ -29,6 +29,7 @@ def main(event, context):
                     "method": event["requestContext"]["http"]["method"],
                     "body": event.get("body"),
                     "base64": event.get("isBase64Encoded"),
+                    "trace": os.environ.get("_X_AMZN_TRACE_ID"),
                 }
             ),
         }
@@ -40,4 +41,5 @@ def main(event, context):
         "memory": context.memory_limit_in_mb,
         "remaining_ms": context.get_remaining_time_in_millis(),
         "region": os.environ.get("AWS_REGION"),
+        "trace": os.environ.get("_X_AMZN_TRACE_ID"),
     }
