@@ -133,10 +133,17 @@ impl Client {
     }
 
     /// Log lines after id `after` (0: the newest `limit`).
-    pub async fn logs(&self, name: &str, after: i64, limit: i64) -> Result<Value, ClientError> {
+    /// Log lines after line `after`, at or after `since` (ms since the epoch).
+    pub async fn logs(
+        &self,
+        name: &str,
+        after: i64,
+        since: i64,
+        limit: i64,
+    ) -> Result<Value, ClientError> {
         self.json(self.api(
             reqwest::Method::GET,
-            &format!("/functions/{name}/logs?after={after}&limit={limit}"),
+            &format!("/functions/{name}/logs?after={after}&since={since}&limit={limit}"),
         ))
         .await
     }

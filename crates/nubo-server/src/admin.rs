@@ -423,6 +423,9 @@ struct LogQuery {
     /// At most this many lines (the newest, unless `after` is given).
     #[serde(default = "default_log_limit")]
     limit: i64,
+    /// Only lines at or after this time (ms since the epoch).
+    #[serde(default)]
+    since: i64,
 }
 
 fn default_log_limit() -> i64 {
@@ -441,7 +444,7 @@ async fn logs(
     let (exists, lines) = blocking("reading logs", move || {
         Ok((
             store.function(&n)?.is_some(),
-            store.logs(&n, q.after, limit, tail)?,
+            store.logs(&n, q.after, q.since, limit, tail)?,
         ))
     })
     .await?;

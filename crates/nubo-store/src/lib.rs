@@ -124,6 +124,8 @@ pub struct LogLine {
 
 /// Log lines kept per function; older ones are trimmed as new ones arrive.
 pub const LOG_LINES_PER_FUNCTION: i64 = 20_000;
+/// Log lines older than this (ms) are trimmed as new ones arrive.
+pub const LOG_MAX_AGE_MS: i64 = 7 * 24 * 3600 * 1000;
 
 pub struct Store {
     conn: Mutex<Connection>,
@@ -417,30 +419,35 @@ impl Store {
                 "DELETE FROM logs WHERE function = ?1 AND id <= (SELECT MAX(id) FROM logs WHERE function = ?1) - ?2",
                 params![f, LOG_LINES_PER_FUNCTION],
             )?;
+            tx.execute(
+                "DELETE FROM logs WHERE function = ?1 AND ts < ?2",
+                params![f, now_ms() - LOG_MAX_AGE_MS],
+            )?;
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// Log lines of a function with an id above `after`, oldest first, at most `limit`;
-    /// with `tail`, the newest `limit` lines instead.
+    /// Log lines of a function with an id above `after` and a time at or after `since` (ms),
+    /// oldest first, at most `limit`; with `tail`, the newest `limit` lines instead.
     pub fn logs(
         &self,
         function: &str,
         after: i64,
+        since: i64,
         limit: i64,
         tail: bool,
     ) -> Result<Vec<LogLine>, StoreError> {
         let conn = self.conn();
         let sql = if tail {
             "SELECT * FROM (SELECT id, function, ts, stream, instance, invocation, line FROM logs
-             WHERE function = ?1 AND id > ?2 ORDER BY id DESC LIMIT ?3) ORDER BY id"
+             WHERE function = ?1 AND id > ?2 AND ts >= ?4 ORDER BY id DESC LIMIT ?3) ORDER BY id"
         } else {
             "SELECT id, function, ts, stream, instance, invocation, line FROM logs
-             WHERE function = ?1 AND id > ?2 ORDER BY id LIMIT ?3"
+             WHERE function = ?1 AND id > ?2 AND ts >= ?4 ORDER BY id LIMIT ?3"
         };
         let mut stmt = conn.prepare_cached(sql)?;
-        let rows = stmt.query_map(params![function, after, limit], |r| {
+        let rows = stmt.query_map(params![function, after, limit, since], |r| {
             Ok(LogLine {
                 id: r.get(0)?,
                 function: r.get(1)?,

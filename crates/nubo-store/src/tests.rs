@@ -109,10 +109,11 @@ fn names_and_routes_of_other_projects_are_refused_and_nothing_changes() {
 fn logs_are_trimmed_per_function() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
+    let now = now_ms();
     let line = |i: i64| LogLine {
         id: 0,
         function: "f".into(),
-        ts: i,
+        ts: now + i,
         stream: "stdout".into(),
         instance: None,
         invocation: None,
@@ -120,15 +121,37 @@ fn logs_are_trimmed_per_function() {
     };
     let batch: Vec<_> = (0..LOG_LINES_PER_FUNCTION + 10).map(line).collect();
     store.append_logs(&batch).unwrap();
-    let all = store.logs("f", 0, i64::MAX, false).unwrap();
+    let all = store.logs("f", 0, 0, i64::MAX, false).unwrap();
     assert_eq!(all.len() as i64, LOG_LINES_PER_FUNCTION);
     assert_eq!(
         all.last().unwrap().line,
         format!("line {}", LOG_LINES_PER_FUNCTION + 9)
     );
-    let tail = store.logs("f", 0, 2, true).unwrap();
+    let tail = store.logs("f", 0, 0, 2, true).unwrap();
     assert_eq!(tail.len(), 2);
     assert!(tail[0].id < tail[1].id);
+    // `since` filters by time; lines past the age limit go with the next append.
+    assert_eq!(
+        store
+            .logs("f", 0, now + 20_000, i64::MAX, false)
+            .unwrap()
+            .len(),
+        10
+    );
+    let old = LogLine {
+        ts: now - LOG_MAX_AGE_MS - 1,
+        function: "g".into(),
+        ..line(0)
+    };
+    store.append_logs(&[old.clone(), line(1)]).unwrap();
+    store
+        .append_logs(&[LogLine {
+            function: "g".into(),
+            ..line(2)
+        }])
+        .unwrap();
+    let g = store.logs("g", 0, 0, 10, false).unwrap();
+    assert_eq!(g.len(), 1, "the week-old line is trimmed");
 }
 
 #[test]

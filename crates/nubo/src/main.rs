@@ -87,6 +87,9 @@ enum Command {
         /// How many recent lines to show
         #[arg(short = 'n', long, default_value_t = 100)]
         lines: i64,
+        /// Only lines from this long ago on (e.g. 30s, 10m, 2h)
+        #[arg(long)]
+        since: Option<String>,
     },
     /// Live per-instance view: state, start mode, in-flight, CPU, memory, age
     Top {
@@ -187,7 +190,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             function,
             follow,
             lines,
-        } => inspect::logs(&target.client()?, &function, follow, lines, cli.output).await,
+            since,
+        } => {
+            inspect::logs(
+                &target.client()?,
+                &function,
+                follow,
+                lines,
+                since,
+                cli.output,
+            )
+            .await
+        }
         Command::Top {
             function,
             once,

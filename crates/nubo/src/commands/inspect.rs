@@ -167,9 +167,22 @@ pub async fn logs(
     name: &str,
     follow: bool,
     lines: i64,
+    since: Option<String>,
     output: Output,
 ) -> anyhow::Result<()> {
-    let v = client.logs(name, 0, lines.max(1)).await?;
+    let since = match since {
+        None => 0,
+        Some(ago) => {
+            let d = nubo_manifest::Duration::parse(&ago)
+                .map_err(|e| anyhow::anyhow!("--since {ago:?}: {e}"))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as i64)
+                .unwrap_or(0);
+            now - d.millis() as i64
+        }
+    };
+    let v = client.logs(name, 0, since, lines.max(1)).await?;
     let mut last = 0;
     for l in v["lines"].as_array().into_iter().flatten() {
         print_line(l, output);
@@ -180,7 +193,7 @@ pub async fn logs(
     }
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let v = client.logs(name, last, 1000).await?;
+        let v = client.logs(name, last, since, 1000).await?;
         for l in v["lines"].as_array().into_iter().flatten() {
             print_line(l, output);
             last = l["id"].as_i64().unwrap_or(last);

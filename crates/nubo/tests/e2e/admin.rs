@@ -183,3 +183,59 @@ functions:
             .any(|l| l["function"] == "m" && l["mode"] == "new")
     );
 }
+
+#[test]
+fn logs_follow_new_lines_and_filter_by_age() {
+    let s = Server::start();
+    s.deploy(
+        "project: l\nfunctions:\n  t:\n    kind: wasm\n    component: testkit.wasm\n",
+        &["testkit"],
+    );
+    assert_eq!(s.get("/fn/t/log").status(), 200);
+    // `-f` started before the next invocation shows it as it happens.
+    let mut follow = std::process::Command::new(nubo_bin())
+        .args(["logs", "t", "-f", "-n", "1", "--server", &s.url])
+        .env("HOME", &s.home)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let r = s.get("/fn/t/log");
+    // Guest output carries the instance id (a wasm instance serves one invocation here).
+    let id = r.headers()["nubo-instance"].to_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("hello on stdout") && l.contains(&id))
+    {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => seen.push(l),
+            Err(_) => panic!("`nubo logs -f` did not show instance {id}: {seen:?}"),
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    // --since: the last minute has both invocations' lines, a window in the future none.
+    let recent = text(&s.nubo(&["logs", "t", "--since", "1m"]).stdout);
+    assert_eq!(recent.matches("hello on stdout").count(), 2, "{recent}");
+    let bad = s.nubo(&["logs", "t", "--since", "yesterday"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("--since"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
