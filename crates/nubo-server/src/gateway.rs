@@ -504,7 +504,12 @@ pub(crate) fn finish(
 ) -> Response {
     resp.headers_mut()
         .insert("nubo-invocation-id", header_value(id));
-    let status = resp.status().as_u16();
+    count(state, f, resp.status().as_u16(), received);
+    resp
+}
+
+/// Records one finished invocation in the metrics (exactly once per invocation).
+pub(crate) fn count(state: &AppState, f: &LiveFunction, status: u16, received: Instant) {
     if status == 200 {
         f.ok.inc();
     } else {
@@ -518,7 +523,6 @@ pub(crate) fn finish(
             .inc();
     }
     f.duration.observe(received.elapsed().as_secs_f64());
-    resp
 }
 
 pub(crate) fn rejection(f: &LiveFunction, rejected: Rejected) -> ApiError {

@@ -41,7 +41,6 @@ pub enum PayloadResult {
 }
 
 pub async fn handle(state: Arc<AppState>, req: axum::extract::Request) -> Response {
-    let received = Instant::now();
     let id = gateway::invocation_id();
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
@@ -200,7 +199,8 @@ pub async fn handle(state: Arc<AppState>, req: axum::extract::Request) -> Respon
                 HeaderValue::from_static("application/json"),
             );
             set_common(&mut r, &id, &f);
-            gateway::finish(&state, &f, &id, r, received)
+            // Counted in the metrics by `invoke_payload` (or the gateway it goes through).
+            r
         }
         other => aws_error(
             StatusCode::BAD_REQUEST,
@@ -281,8 +281,16 @@ pub async fn invoke_payload(
         let app = app.clone();
         f.inflight.inc();
         let inflight = gateway::Inflight(f.inflight.clone());
+        let received = Instant::now();
         let called = call(state, f, &app, payload, id, trace).await;
         drop(inflight);
+        let status = match &called.answer {
+            Ok(Answer::Response(_)) => 200,
+            Ok(Answer::Error { .. }) | Err(Failure::Ended(_)) => 502,
+            Err(Failure::Timeout) => 504,
+            Err(Failure::Platform(e)) => e.status.as_u16(),
+        };
+        gateway::count(state, &called.f, status, received);
         let instance = called.instance;
         return match called.answer {
             Ok(Answer::Response(body)) => PayloadResult::Ok { body, instance },

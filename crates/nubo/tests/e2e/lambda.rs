@@ -276,6 +276,12 @@ fn boto3_calls_the_invoke_api_with_signatures_checked() {
     assert_eq!(v["event_record"], json!(["succeeded", { "k": 3 }]));
     // Any kind answers the Invoke API: a wasm function gets the payload as POST /.
     assert_eq!(v["wasm"], json!([200, null]));
+    // Counted once in the metrics, however it was reached.
+    let metrics = s.get("/_nubo/metrics").text().unwrap();
+    assert!(
+        metrics.contains("nubo_invocations_total{function=\"hello\",status=\"200\"} 1\n"),
+        "{metrics}"
+    );
     assert_eq!(v["missing"], "ResourceNotFoundException");
 
     // A wrong secret is refused with the AWS error boto3 understands.
