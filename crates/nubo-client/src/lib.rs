@@ -204,6 +204,26 @@ impl Client {
             .await
     }
 
+    /// Usage per function and project since `since` (ms since the epoch).
+    pub async fn usage(&self, since: i64) -> Result<Value, ClientError> {
+        self.json(self.api(reqwest::Method::GET, &format!("/usage?since={since}")))
+            .await
+    }
+
+    /// A function's invocation records since `since`, newest first.
+    pub async fn records(
+        &self,
+        name: &str,
+        since: i64,
+        limit: usize,
+    ) -> Result<Value, ClientError> {
+        self.json(self.api(
+            reqwest::Method::GET,
+            &format!("/functions/{name}/records?since={since}&limit={limit}"),
+        ))
+        .await
+    }
+
     /// An async invocation's record.
     pub async fn invocation(&self, id: &str) -> Result<Value, ClientError> {
         self.json(self.api(reqwest::Method::GET, &format!("/invocations/{id}")))

@@ -39,11 +39,13 @@ pub fn router(state: S) -> Router<S> {
             axum::routing::post(replay_dead_letters),
         )
         .route("/invocations/{id}", get(get_invocation))
+        .route("/functions/{name}/records", get(records))
+        .route("/usage", get(usage))
         .route("/blobs/{digest}", head(has_blob).put(put_blob))
         .route("/deployments", axum::routing::post(post_deployment))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such admin API resource")
-                .hint("resources: functions, functions/<f>/revisions, functions/<f>/instances, functions/<f>/logs, functions/<f>/invocations, functions/<f>/dlq/replay, invocations/<id>, blobs/<sha256>, deployments")
+                .hint("resources: functions, functions/<f>/revisions, functions/<f>/instances, functions/<f>/logs, functions/<f>/records, usage, functions/<f>/invocations, functions/<f>/dlq/replay, invocations/<id>, blobs/<sha256>, deployments")
         })
         .layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
@@ -161,6 +163,48 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::internal(what, e))?
         .map_err(|e| ApiError::internal(what, e))
+}
+
+#[derive(Deserialize)]
+struct RecordQuery {
+    /// Only invocations that started at or after this time (ms since the epoch).
+    #[serde(default)]
+    since: i64,
+    #[serde(default = "default_invocation_limit")]
+    limit: usize,
+}
+
+/// A function's invocation records, newest first.
+async fn records(
+    State(state): State<S>,
+    Path(name): Path<String>,
+    Query(q): Query<RecordQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let store = state.store.clone();
+    let limit = q.limit.clamp(1, 10_000) as i64;
+    let rows = blocking("reading invocation records", move || {
+        store.records(&name, q.since, limit)
+    })
+    .await?;
+    Ok(Json(json!({ "records": rows })))
+}
+
+/// Invocations, GB-seconds and errors per function and per project since `since`, summed from
+/// the invocation records.
+async fn usage(
+    State(state): State<S>,
+    Query(q): Query<RecordQuery>,
+) -> Result<Json<Value>, ApiError> {
+    // Records are written in batches: include what was just served.
+    state.logs.flush().await;
+    let store = state.store.clone();
+    let since = q.since;
+    let (functions, projects) = blocking("computing usage", move || store.usage(since)).await?;
+    Ok(Json(json!({
+        "since": since,
+        "functions": functions,
+        "projects": projects,
+    })))
 }
 
 fn queue_error(e: crate::queue::QueueError) -> ApiError {

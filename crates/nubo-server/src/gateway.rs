@@ -504,12 +504,66 @@ pub(crate) fn finish(
 ) -> Response {
     resp.headers_mut()
         .insert("nubo-invocation-id", header_value(id));
-    count(state, f, resp.status().as_u16(), received);
+    let h = resp.headers();
+    let instance = h.get("nubo-instance").and_then(|v| v.to_str().ok());
+    let mode = h
+        .get("server-timing")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split("desc=\"").nth(1)?.split('"').next());
+    count(
+        state,
+        f,
+        id,
+        resp.status().as_u16(),
+        received,
+        instance,
+        mode,
+    );
     resp
 }
 
-/// Records one finished invocation in the metrics (exactly once per invocation).
-pub(crate) fn count(state: &AppState, f: &LiveFunction, status: u16, received: Instant) {
+tokio::task_local! {
+    /// What started the invocation being served on this task: `lambda-api`, `async` or `cron`
+    /// (set by those entry points); plain HTTP when unset.
+    pub(crate) static TRIGGER: &'static str;
+}
+
+/// Records one finished invocation, exactly once: the metrics, an invocation record (usage
+/// is their sum) and a line in the function's log.
+pub(crate) fn count(
+    state: &AppState,
+    f: &LiveFunction,
+    id: &str,
+    status: u16,
+    received: Instant,
+    instance: Option<&str>,
+    mode: Option<&str>,
+) {
+    let took = received.elapsed();
+    let trigger = TRIGGER.try_with(|t| *t).unwrap_or("http");
+    let start_ms = nubo_store::now_ms() - took.as_millis() as i64;
+    state.logs.record(nubo_store::InvocationRow {
+        id: id.to_string(),
+        function: f.name.clone(),
+        project: f.project.clone(),
+        revision: f.revision,
+        instance: instance.map(String::from),
+        start_ms,
+        duration_us: took.as_micros() as i64,
+        status,
+        mode: mode.map(String::from),
+        trigger: trigger.to_string(),
+        memory_mb: (f.spec.memory.bytes() >> 20) as i64,
+    });
+    let line = format!(
+        "{status} in {:.3} ms ({}, {trigger}, revision {})",
+        ms(took),
+        mode.unwrap_or("not started"),
+        f.revision
+    );
+    state
+        .logs
+        .line(&f.name, "invocation", instance, Some(id), line);
     if status == 200 {
         f.ok.inc();
     } else {

@@ -220,7 +220,12 @@ pub async fn dispatch(state: Arc<AppState>) {
                     rec.max_attempts,
                     rec.expires_at,
                 );
-                let outcome = attempt(&state, rec).await;
+                let trigger = if rec.trigger == "cron" {
+                    "cron"
+                } else {
+                    "async"
+                };
+                let outcome = gateway::TRIGGER.scope(trigger, attempt(&state, rec)).await;
                 if let Outcome::Failed { error, at, .. } = &outcome {
                     let next = if attempts >= max || *at > expires {
                         format!("dead-lettered (see `nubo dlq ls {function}`)")

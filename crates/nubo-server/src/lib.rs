@@ -290,7 +290,8 @@ async fn serve(
                     hyper::service::Service::call(&admin, req).await
                 } else if path.starts_with(lambda::invoke_api::PREFIX) {
                     let req = req.map(axum::body::Body::new);
-                    Ok(lambda::invoke_api::handle(state, req).await)
+                    let handled = lambda::invoke_api::handle(state, req);
+                    Ok(gateway::TRIGGER.scope("lambda-api", handled).await)
                 } else {
                     req.extensions_mut().insert(lambda::ClientAddr(peer));
                     let req = req.map(axum::body::Body::new);

@@ -1,7 +1,8 @@
-//! Function logs: lines from guests and from the platform, batched into the store by one task
-//! so the request path never waits on SQLite.
+//! Function logs and invocation records: lines from guests and from the platform, and one
+//! record per finished invocation, batched into the store by one task so the request path
+//! never waits on SQLite.
 
-use nubo_store::{LogLine, Store, now_ms};
+use nubo_store::{InvocationRow, LogLine, Store, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,6 +15,7 @@ const BATCH: usize = 1024;
 
 enum Msg {
     Line(LogLine),
+    Record(InvocationRow),
     Flush(oneshot::Sender<()>),
 }
 
@@ -68,6 +70,13 @@ impl LogWriter {
         }
     }
 
+    /// Records one finished invocation; never blocks.
+    pub fn record(&self, row: InvocationRow) {
+        if self.tx.try_send(Msg::Record(row)).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     /// Waits until every line sent before this call is in the store.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
@@ -79,6 +88,7 @@ impl LogWriter {
 
 async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Msg>, dropped: Arc<AtomicU64>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut records = Vec::with_capacity(BATCH);
     let mut waiters = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
@@ -87,13 +97,14 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Msg>, dropped: 
         loop {
             match next.take() {
                 Some(Msg::Line(l)) => batch.push(l),
+                Some(Msg::Record(r)) => records.push(r),
                 Some(Msg::Flush(w)) => {
                     waiters.push(w);
                     break;
                 }
                 None => {}
             }
-            if batch.len() >= BATCH {
+            if batch.len() >= BATCH || records.len() >= BATCH {
                 break;
             }
             match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -114,6 +125,15 @@ async fn write_batches(store: Arc<Store>, mut rx: mpsc::Receiver<Msg>, dropped: 
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!("writing logs: {e}"),
                 Err(e) => tracing::error!("writing logs: {e}"),
+            }
+        }
+        if !records.is_empty() {
+            let rows = std::mem::take(&mut records);
+            let store = store.clone();
+            match tokio::task::spawn_blocking(move || store.append_records(&rows)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("writing invocation records: {e}"),
+                Err(e) => tracing::error!("writing invocation records: {e}"),
             }
         }
         for w in waiters.drain(..) {

@@ -8,10 +8,12 @@
 
 mod blobs;
 mod invocations;
+mod records;
 mod schema;
 
 pub use blobs::{BlobDir, BlobWriter, CommitError, Digest};
 pub use invocations::{FINISHED_KEPT, InvocationRecord, NewInvocation, Outcome, QueueWrite};
+pub use records::{InvocationRow, RECORDS_KEPT, RECORDS_MAX_AGE_MS, Usage};
 
 use nubo_manifest::{FunctionSpec, Route, routes_overlap};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};

@@ -80,6 +80,23 @@ CREATE TABLE cron_fires (
     PRIMARY KEY (function, schedule)
 );
 "#,
+    r#"
+CREATE TABLE records (
+    id TEXT NOT NULL,
+    function TEXT NOT NULL,
+    project TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    instance TEXT,
+    start_ms INTEGER NOT NULL,
+    duration_us INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    mode TEXT,
+    trigger TEXT NOT NULL,
+    memory_mb INTEGER NOT NULL
+);
+CREATE INDEX records_by_function ON records(function, start_ms);
+CREATE INDEX records_by_time ON records(start_ms);
+"#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

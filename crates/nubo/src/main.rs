@@ -65,6 +65,12 @@ enum Command {
         #[arg(long = "async")]
         asynchronous: bool,
     },
+    /// Invocations, GB-seconds and errors per function and project
+    Usage {
+        /// Only invocations from this long ago on (e.g. 1h, 30m) [default: everything kept]
+        #[arg(long)]
+        since: Option<String>,
+    },
     /// Show an async invocation: status, attempts, result or error
     Invocation { id: String },
     /// The dead-letter list of async invocations that ran out of retries
@@ -175,6 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await
         }
         Command::Invocation { id } => dlq::show(&target.client()?, &id, cli.output).await,
+        Command::Usage { since } => {
+            inspect::usage(&target.client()?, since.as_deref(), cli.output).await
+        }
         Command::Dlq { command } => match command {
             DlqCommand::Ls { function, limit } => {
                 dlq::ls(&target.client()?, &function, limit, cli.output).await

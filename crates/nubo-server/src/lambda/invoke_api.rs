@@ -290,7 +290,13 @@ pub async fn invoke_payload(
             Err(Failure::Timeout) => 504,
             Err(Failure::Platform(e)) => e.status.as_u16(),
         };
-        gateway::count(state, &called.f, status, received);
+        let mode = called
+            .timing
+            .split("desc=\"")
+            .nth(1)
+            .and_then(|t| t.split('"').next());
+        let instance = called.instance.as_deref();
+        gateway::count(state, &called.f, id, status, received, instance, mode);
         let instance = called.instance;
         return match called.answer {
             Ok(Answer::Response(body)) => PayloadResult::Ok { body, instance },

@@ -6,6 +6,39 @@ use nubo_client::Client;
 use serde_json::Value;
 use std::time::Duration;
 
+/// `--since 10m` as milliseconds since the epoch (0: no bound).
+fn since_ms(since: Option<&str>) -> anyhow::Result<i64> {
+    let Some(ago) = since else { return Ok(0) };
+    let d =
+        nubo_manifest::Duration::parse(ago).map_err(|e| anyhow::anyhow!("--since {ago:?}: {e}"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    Ok(now - d.millis() as i64)
+}
+
+pub async fn usage(client: &Client, since: Option<&str>, output: Output) -> anyhow::Result<()> {
+    let v = client.usage(since_ms(since)?).await?;
+    if output == Output::Json {
+        print_json(&v);
+        return Ok(());
+    }
+    for (what, key) in [("function", "functions"), ("project", "projects")] {
+        let mut t = table(&[what, "invocations", "gb-seconds", "errors"]);
+        for u in v[key].as_array().into_iter().flatten() {
+            t.add_row(vec![
+                s(&u["name"]),
+                s(&u["invocations"]),
+                format!("{:.6}", u["gb_seconds"].as_f64().unwrap_or(0.0)),
+                s(&u["errors"]),
+            ]);
+        }
+        println!("{t}\n");
+    }
+    Ok(())
+}
+
 pub(crate) fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -170,18 +203,7 @@ pub async fn logs(
     since: Option<String>,
     output: Output,
 ) -> anyhow::Result<()> {
-    let since = match since {
-        None => 0,
-        Some(ago) => {
-            let d = nubo_manifest::Duration::parse(&ago)
-                .map_err(|e| anyhow::anyhow!("--since {ago:?}: {e}"))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0);
-            now - d.millis() as i64
-        }
-    };
+    let since = since_ms(since.as_deref())?;
     let v = client.logs(name, 0, since, lines.max(1)).await?;
     let mut last = 0;
     for l in v["lines"].as_array().into_iter().flatten() {

@@ -1,6 +1,7 @@
 //! The admin API's surface: auth, health, metrics, listing.
 
 use crate::harness::*;
+use std::time::Duration;
 
 #[test]
 fn the_admin_api_needs_the_token() {
@@ -238,4 +239,82 @@ fn logs_follow_new_lines_and_filter_by_age() {
         "{}",
         text(&bad.stderr)
     );
+}
+
+#[test]
+fn usage_reconciles_with_the_invocation_records() {
+    let s = Server::start();
+    s.deploy(
+        "project: u\nfunctions:\n  big:\n    kind: wasm\n    component: hello.wasm\n    memory: 512Mi\n  small:\n    kind: wasm\n    component: hello.wasm\n",
+        &["hello"],
+    );
+    for _ in 0..4 {
+        assert_eq!(s.get("/fn/big/").status(), 200);
+    }
+    assert_eq!(s.get("/fn/small/").status(), 200);
+    let r = s
+        .http()
+        .post(format!("{}/fn/small/", s.url))
+        .header("prefer", "respond-async")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut usage = serde_json::Value::Null;
+    eventually(
+        Duration::from_secs(10),
+        "the async invocation recorded",
+        || {
+            let out = s.nubo(&["usage", "-o", "json"]);
+            assert!(out.status.success(), "{}", text(&out.stderr));
+            usage = serde_json::from_slice(&out.stdout).unwrap();
+            usage["functions"][1]["invocations"] == 2
+        },
+    );
+    for (i, name, memory_gb, n) in [(0, "big", 0.5, 4), (1, "small", 0.125, 2)] {
+        let u = &usage["functions"][i];
+        assert_eq!(u["name"], name);
+        assert_eq!(u["invocations"], n);
+        // The same figure, summed here from the records themselves: 1 ms granularity.
+        let records = s.admin_get(&format!("/functions/{name}/records"))["records"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(records.len(), n as usize);
+        let gb_s: f64 = records
+            .iter()
+            .map(|r| {
+                let ms = (r["duration_us"].as_i64().unwrap() + 999) / 1000;
+                memory_gb * ms as f64 / 1000.0
+            })
+            .sum();
+        let got = u["gb_seconds"].as_f64().unwrap();
+        assert!(
+            (got - gb_s).abs() < 1e-9,
+            "{name}: usage {got} vs records {gb_s}"
+        );
+        assert!(got > 0.0);
+        assert!(
+            records
+                .iter()
+                .all(|r| r["mode"] == "new" && r["status"] == 200)
+        );
+        assert!(
+            records
+                .iter()
+                .all(|r| r["project"] == "u" && r["revision"] == 1)
+        );
+    }
+    let small = s.admin_get("/functions/small/records")["records"].clone();
+    let triggers: Vec<&str> = small
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["trigger"].as_str().unwrap())
+        .collect();
+    assert_eq!(triggers, ["async", "http"], "newest first");
+    assert_eq!(usage["projects"][0]["name"], "u");
+    assert_eq!(usage["projects"][0]["invocations"], 6);
+    // Every invocation is also a line in the function's log.
+    let logs = text(&s.nubo(&["logs", "big"]).stdout);
+    assert_eq!(logs.matches("200 in ").count(), 4, "{logs}");
 }
