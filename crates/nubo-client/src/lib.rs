@@ -148,6 +148,32 @@ impl Client {
         .await
     }
 
+    /// The newest `limit` log lines at or after `since`, then every new line as the server
+    /// stores it: newline-delimited JSON, one line object per line, read with `chunk()`.
+    pub async fn follow_logs(
+        &self,
+        name: &str,
+        since: i64,
+        limit: i64,
+    ) -> Result<reqwest::Response, ClientError> {
+        let rb = self.api(
+            reqwest::Method::GET,
+            &format!("/functions/{name}/logs?follow=true&since={since}&limit={limit}"),
+        );
+        let resp = self.send(rb).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        // An error is a plain JSON answer.
+        let status = resp.status().as_u16();
+        if status == 401 && self.token.is_none() {
+            return Err(self.no_token());
+        }
+        let body = resp.bytes().await.unwrap_or_default();
+        let value: Option<Value> = serde_json::from_slice(&body).ok();
+        Err(api_error(status, value, &body))
+    }
+
     pub async fn has_blob(&self, digest: &str) -> Result<bool, ClientError> {
         let resp = self
             .send(self.api(reqwest::Method::HEAD, &format!("/blobs/{digest}")))

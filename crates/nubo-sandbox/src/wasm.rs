@@ -9,7 +9,7 @@ use crate::logs::{LogContext, LogFn, LogStream};
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -272,6 +272,9 @@ pub struct InstanceConfig {
     /// Requests one instance may serve in turn (1 = a fresh instance per request).
     pub reuse: u32,
     pub log: LogFn,
+    /// Linear memory held by the live instances of this configuration, in bytes (each
+    /// instance adds its own after every invocation and takes it back when dropped).
+    pub memory_in_use: Arc<AtomicI64>,
 }
 
 pub struct InstanceState {
@@ -364,10 +367,15 @@ pub struct WasmInstance {
     stderr: LogStream,
     served: u32,
     reuse: u32,
+    memory_in_use: Arc<AtomicI64>,
+    /// This instance's share of `memory_in_use`.
+    memory_counted: i64,
 }
 
 impl Drop for WasmInstance {
     fn drop(&mut self) {
+        self.memory_in_use
+            .fetch_sub(self.memory_counted, Ordering::Relaxed);
         self.stdout.flush_partial();
         self.stderr.flush_partial();
     }
@@ -434,6 +442,8 @@ impl WasmComponent {
             stderr,
             served: 0,
             reuse: cfg.reuse.max(1),
+            memory_in_use: cfg.memory_in_use.clone(),
+            memory_counted: 0,
         })
     }
 }
@@ -515,6 +525,10 @@ impl WasmInstance {
                 Ok(Ok(())) => Outcome::Ok,
             };
             self.served += 1;
+            let used = self.store.data().limiter.used as i64;
+            self.memory_in_use
+                .fetch_add(used - self.memory_counted, Ordering::Relaxed);
+            self.memory_counted = used;
             *self
                 .ctx
                 .invocation

@@ -40,12 +40,13 @@ pub fn router(state: S) -> Router<S> {
         )
         .route("/invocations/{id}", get(get_invocation))
         .route("/functions/{name}/records", get(records))
+        .route("/functions/{name}/series", get(series))
         .route("/usage", get(usage))
         .route("/blobs/{digest}", head(has_blob).put(put_blob))
         .route("/deployments", axum::routing::post(post_deployment))
         .fallback(|| async {
             ApiError::not_found("not_found", "no such admin API resource")
-                .hint("resources: functions, functions/<f>/revisions, functions/<f>/instances, functions/<f>/logs, functions/<f>/records, usage, functions/<f>/invocations, functions/<f>/dlq/replay, invocations/<id>, blobs/<sha256>, deployments")
+                .hint("resources: functions, functions/<f>/revisions, functions/<f>/instances, functions/<f>/logs, functions/<f>/records, functions/<f>/series, usage, functions/<f>/invocations, functions/<f>/dlq/replay, invocations/<id>, blobs/<sha256>, deployments")
         })
         .layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
@@ -54,11 +55,12 @@ pub fn router(state: S) -> Router<S> {
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
         .route("/_nubo/metrics", get(metrics))
+        .merge(crate::ui::router())
         .nest("/_nubo/api/v1", api)
         .fallback(|req: Request| async move {
             let path = req.uri().path().to_string();
             ApiError::not_found("not_found", format!("{path} is not a platform route"))
-                .hint("platform routes: /_nubo/health, /_nubo/metrics, /_nubo/api/v1/…")
+                .hint("platform routes: /_nubo/health, /_nubo/metrics, /_nubo/ui/, /_nubo/api/v1/…")
         })
 }
 
@@ -104,6 +106,13 @@ async fn metrics(State(state): State<S>) -> Response {
     }
     state.metrics.instance_samples.replace(samples);
     for f in table.functions() {
+        if let Runner::Wasm(w) = &f.runner {
+            let held = w
+                .config
+                .memory_in_use
+                .load(std::sync::atomic::Ordering::Relaxed);
+            state.metrics.wasm_memory.get_or_create(&f.label).set(held);
+        }
         let c = counts(f);
         for (st, n) in [
             ("idle", c.idle),
@@ -150,6 +159,7 @@ fn function_json(state: &AppState, table: &RouteTable, r: &FunctionRecord) -> Va
         "url": format!("{}/fn/{}/", state.base_url, r.name),
         "routes": r.revision.spec.routes,
         "instances": c.json(),
+        "recent": table.function(&r.name).map(|f| f.series.recent(nubo_store::now_ms())),
         "created_at": r.created_at,
         "updated_at": r.updated_at,
     })
@@ -187,6 +197,39 @@ async fn records(
     })
     .await?;
     Ok(Json(json!({ "records": rows })))
+}
+
+#[derive(Deserialize)]
+struct SeriesQuery {
+    #[serde(default = "default_series_minutes")]
+    minutes: i64,
+}
+
+fn default_series_minutes() -> i64 {
+    15
+}
+
+/// A function's last minutes in 10-second steps (rate, errors, latency, cold starts).
+async fn series(
+    State(state): State<S>,
+    Path(name): Path<String>,
+    Query(q): Query<SeriesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let table = state.table();
+    let f = table.function(&name).ok_or_else(|| no_function(&name))?;
+    if !(1..=15).contains(&q.minutes) {
+        return Err(ApiError::bad_request(
+            "bad_minutes",
+            format!("minutes={} is outside the kept window", q.minutes),
+        )
+        .hint("the last 1 to 15 minutes are kept in memory; older history is in the records"));
+    }
+    let points = f.series.points(nubo_store::now_ms(), q.minutes * 60_000);
+    Ok(Json(json!({
+        "function": f.name,
+        "step_seconds": crate::series::STEP_MS / 1000,
+        "points": points,
+    })))
 }
 
 /// Invocations, GB-seconds and errors per function and per project since `since`, summed from
@@ -429,7 +472,14 @@ async fn instances(
         "instances": [],
     });
     match &f.runner {
-        Runner::Wasm(_) => out["reuse"] = json!(f.spec.reuse),
+        Runner::Wasm(w) => {
+            out["reuse"] = json!(f.spec.reuse);
+            out["memory_bytes"] = json!(
+                w.config
+                    .memory_in_use
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            );
+        }
         Runner::Process(app) => {
             let mut rows = app.rows(false);
             for old in state.draining.of(&f.name) {
@@ -470,6 +520,9 @@ struct LogQuery {
     /// Only lines at or after this time (ms since the epoch).
     #[serde(default)]
     since: i64,
+    /// Keep the response open and stream new lines as they come (newline-delimited JSON).
+    #[serde(default)]
+    follow: bool,
 }
 
 fn default_log_limit() -> i64 {
@@ -480,11 +533,40 @@ async fn logs(
     State(state): State<S>,
     Path(name): Path<String>,
     Query(q): Query<LogQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let store = state.store.clone();
     let n = name.clone();
     let limit = q.limit.clamp(1, 10_000);
     let tail = q.after == 0;
+    if q.follow {
+        let exists = blocking("reading logs", move || store.function(&n)).await?;
+        if exists.is_none() {
+            return Err(no_function(&name));
+        }
+        // Without `after`, start from the newest `limit` lines, like a plain read (with none,
+        // from the first line at all, which `since` filters the same way).
+        let (store, n) = (state.store.clone(), name.clone());
+        let after = if q.after > 0 {
+            q.after
+        } else {
+            blocking("reading logs", move || {
+                Ok(store
+                    .logs(&n, 0, q.since, limit, true)?
+                    .first()
+                    .map_or(0, |l| l.id - 1))
+            })
+            .await?
+        };
+        let stream = crate::logs::follow(state.store.clone(), &state.logs, name, after, q.since);
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "application/x-ndjson"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            Body::from_stream(stream),
+        )
+            .into_response());
+    }
     let (exists, lines) = blocking("reading logs", move || {
         Ok((
             store.function(&n)?.is_some(),
@@ -495,7 +577,7 @@ async fn logs(
     if !exists {
         return Err(no_function(&name));
     }
-    Ok(Json(json!({ "lines": lines })))
+    Ok(Json(json!({ "lines": lines })).into_response())
 }
 
 fn parse_digest(text: &str) -> Result<Digest, ApiError> {

@@ -120,8 +120,26 @@ async fn invoke(
     run(state, f, parts, body, id, received).await
 }
 
-/// One synchronous invocation of a request whose body has been read.
+/// One synchronous invocation of a request whose body has been read; traced when spans are
+/// exported (and not already inside a traced invocation).
 pub(crate) async fn run(
+    state: &Arc<AppState>,
+    f: Arc<LiveFunction>,
+    mut parts: http::request::Parts,
+    body: Bytes,
+    id: String,
+    received: Instant,
+) -> Response {
+    if state.otel.is_some() && crate::otel::CURRENT.try_with(|_| ()).is_err() {
+        let trace = crate::otel::Trace::begin(&mut parts.headers);
+        return crate::otel::CURRENT
+            .scope(trace, run_untraced(state, f, parts, body, id, received))
+            .await;
+    }
+    run_untraced(state, f, parts, body, id, received).await
+}
+
+async fn run_untraced(
     state: &Arc<AppState>,
     f: Arc<LiveFunction>,
     parts: http::request::Parts,
@@ -261,6 +279,9 @@ async fn invoke_wasm(
             drop(inflight);
             let secs = exec_started.elapsed().as_secs_f64();
             f.gb_seconds.inc_by(f.gb * secs);
+            if let Runner::Wasm(w) = &f.runner {
+                w.exec_seconds.inc_by(secs);
+            }
             if *outcome != Outcome::Ok {
                 log_failure(&state, &f, &id, &instance_id, outcome);
             }
@@ -280,6 +301,10 @@ async fn invoke_wasm(
         Err(outcome) => outcome_error(&f, &outcome).into_response(),
     };
     let exec = exec_started.elapsed();
+    // The guest runs on this task: its execution time is its CPU time, give or take the
+    // moments it waits on its own outgoing requests.
+    resp.extensions_mut()
+        .insert(CpuCharge(exec.as_micros() as i64));
     let h = resp.headers_mut();
     h.insert("nubo-instance", header_value(&instance_id));
     let (cold_ms, mode) = match cold {
@@ -345,6 +370,8 @@ async fn invoke_process(
         }
     };
     let exec = exec_started.elapsed();
+    resp.extensions_mut()
+        .insert(CpuCharge(instance.charge_cpu()));
     let h = resp.headers_mut();
     h.insert("nubo-instance", header_value(&instance.id));
     let (cold_ms, mode, queue_ms) = if fresh {
@@ -494,6 +521,10 @@ pub(crate) fn header_value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// CPU time (µs) charged to an invocation, carried on its response to [`finish`].
+#[derive(Clone, Copy)]
+pub(crate) struct CpuCharge(pub i64);
+
 /// Adds the invocation id and records the invocation's metrics.
 pub(crate) fn finish(
     state: &AppState,
@@ -505,20 +536,16 @@ pub(crate) fn finish(
     resp.headers_mut()
         .insert("nubo-invocation-id", header_value(id));
     let h = resp.headers();
-    let instance = h.get("nubo-instance").and_then(|v| v.to_str().ok());
-    let mode = h
-        .get("server-timing")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|t| t.split("desc=\"").nth(1)?.split('"').next());
-    count(
-        state,
-        f,
-        id,
-        resp.status().as_u16(),
-        received,
-        instance,
+    let timing = h.get("server-timing").and_then(|v| v.to_str().ok());
+    let mode = timing.and_then(|t| t.split("desc=\"").nth(1)?.split('"').next());
+    let served = Served {
+        status: resp.status().as_u16(),
+        instance: h.get("nubo-instance").and_then(|v| v.to_str().ok()),
         mode,
-    );
+        cpu_us: resp.extensions().get::<CpuCharge>().map(|c| c.0),
+        timing,
+    };
+    count(state, f, id, received, served);
     resp
 }
 
@@ -528,20 +555,38 @@ tokio::task_local! {
     pub(crate) static TRIGGER: &'static str;
 }
 
-/// Records one finished invocation, exactly once: the metrics, an invocation record (usage
-/// is their sum) and a line in the function's log.
+/// How a finished invocation went.
+pub(crate) struct Served<'a> {
+    pub status: u16,
+    pub instance: Option<&'a str>,
+    /// How the serving instance started (`warm`, `new`, ...); none if it never ran.
+    pub mode: Option<&'a str>,
+    pub cpu_us: Option<i64>,
+    /// The `Server-Timing` value (queue, cold start, execution), for the spans.
+    pub timing: Option<&'a str>,
+}
+
+/// Records one finished invocation, exactly once: the metrics, the live series, an
+/// invocation record (usage is their sum) and a line in the function's log.
 pub(crate) fn count(
     state: &AppState,
     f: &LiveFunction,
     id: &str,
-    status: u16,
     received: Instant,
-    instance: Option<&str>,
-    mode: Option<&str>,
+    served: Served,
 ) {
+    let Served {
+        status,
+        instance,
+        mode,
+        cpu_us,
+        timing,
+    } = served;
     let took = received.elapsed();
     let trigger = TRIGGER.try_with(|t| *t).unwrap_or("http");
     let start_ms = nubo_store::now_ms() - took.as_millis() as i64;
+    f.series
+        .add(start_ms, status, took, mode.is_some_and(|m| m != "warm"));
     state.logs.record(nubo_store::InvocationRow {
         id: id.to_string(),
         function: f.name.clone(),
@@ -554,6 +599,7 @@ pub(crate) fn count(
         mode: mode.map(String::from),
         trigger: trigger.to_string(),
         memory_mb: (f.spec.memory.bytes() >> 20) as i64,
+        cpu_us,
     });
     let line = format!(
         "{status} in {:.3} ms ({}, {trigger}, revision {})",
@@ -576,7 +622,25 @@ pub(crate) fn count(
             })
             .inc();
     }
-    f.duration.observe(received.elapsed().as_secs_f64());
+    f.duration.observe(took.as_secs_f64());
+    if let Some(otel) = &state.otel
+        && let Ok(trace) = crate::otel::CURRENT.try_with(|t| *t)
+    {
+        otel.finished(
+            &trace,
+            &crate::otel::Finished {
+                function: &f.name,
+                revision: f.revision,
+                invocation: id,
+                instance,
+                status,
+                trigger,
+                start: std::time::SystemTime::now() - took,
+                took,
+                timing,
+            },
+        );
+    }
 }
 
 pub(crate) fn rejection(f: &LiveFunction, rejected: Rejected) -> ApiError {

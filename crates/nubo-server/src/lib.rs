@@ -17,11 +17,14 @@ mod lambda;
 mod live;
 mod logs;
 mod metrics;
+mod otel;
 mod pinned;
 mod proxy;
 mod queue;
 mod routes;
+mod series;
 mod token;
+mod ui;
 
 pub use anyhow::Context as _;
 pub use nubo_aws::sigv4::Keys as AwsKeys;
@@ -55,6 +58,8 @@ pub struct ServerOptions {
     pub aws_keys: nubo_aws::sigv4::Keys,
     /// Unfinished async invocations one function may have; beyond, 429 `queue_full`.
     pub max_queued: i64,
+    /// Where spans go (an OTLP/HTTP collector); none: no spans are made.
+    pub otlp_endpoint: Option<String>,
 }
 
 impl ServerOptions {
@@ -70,6 +75,7 @@ impl ServerOptions {
             aws_region: "us-east-1".into(),
             aws_keys: nubo_aws::sigv4::Keys::default(),
             max_queued: 100_000,
+            otlp_endpoint: None,
         }
     }
 }
@@ -107,6 +113,10 @@ pub(crate) struct AppState {
     /// Unfinished async invocations per function, and the limit on them.
     pub backlog: invocations::Backlog,
     pub max_queued: i64,
+    /// The span exporter, with `--otlp-endpoint`.
+    pub otel: Option<otel::Exporter>,
+    /// Each function's last 15 minutes, across its revisions.
+    pub series: std::sync::Mutex<std::collections::HashMap<String, Arc<series::Series>>>,
 }
 
 impl AppState {
@@ -152,6 +162,12 @@ pub async fn run(
     let queue =
         tokio::task::spawn_blocking(move || queue::SqliteQueue::open(queue_store)).await??;
     let token = read_or_create_token(&opts.data_dir)?;
+    let otel = match &opts.otlp_endpoint {
+        Some(e) => {
+            Some(otel::Exporter::start(e).map_err(|why| anyhow::anyhow!("--otlp-endpoint {why}"))?)
+        }
+        None => None,
+    };
     let runtime = Arc::new(nubo_sandbox::WasmRuntime::new(
         nubo_sandbox::RuntimeOptions {
             cache_dir: opts.data_dir.join("compiled"),
@@ -195,6 +211,8 @@ pub async fn run(
         pinned: pinned::Pinned::default(),
         backlog: invocations::Backlog::default(),
         max_queued: opts.max_queued,
+        series: Default::default(),
+        otel,
     });
     deploy::load_deployed(&state).await?;
     let reaper = tokio::spawn(live::reap_idle_instances(state.clone()));

@@ -32,6 +32,8 @@ pub struct LiveFunction {
     pub gb_seconds: prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
     /// Invocations answered 200, the common case, without a label lookup.
     pub ok: Counter,
+    /// The function's recent past (shared by its revisions).
+    pub series: Arc<crate::series::Series>,
 }
 
 pub enum Runner {
@@ -43,6 +45,9 @@ pub struct WasmRunner {
     pub component: WasmComponent,
     pub pool: Arc<Pool<WasmInstance>>,
     pub config: InstanceConfig,
+    /// Time spent running the guest, for `nubo_wasm_exec_seconds_total`.
+    pub exec_seconds:
+        prometheus_client::metrics::counter::Counter<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl WasmRunner {
@@ -73,11 +78,17 @@ impl WasmRunner {
             memory: spec.memory.bytes(),
             reuse: spec.reuse,
             log,
+            memory_in_use: Default::default(),
         };
         WasmRunner {
             component,
             pool,
             config,
+            exec_seconds: state
+                .metrics
+                .wasm_exec_seconds
+                .get_or_create(&function_label(name))
+                .clone(),
         }
     }
 }
@@ -119,6 +130,13 @@ impl LiveFunction {
                 })
                 .clone(),
             label,
+            series: state
+                .series
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name.to_string())
+                .or_default()
+                .clone(),
         })
     }
 

@@ -101,6 +101,8 @@ pub struct Metrics {
     pub instances: Family<StateLabels, Gauge>,
     pub queue_depth: Family<FunctionLabel, Gauge>,
     pub gb_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
+    pub wasm_memory: Family<FunctionLabel, Gauge>,
+    pub wasm_exec_seconds: Family<FunctionLabel, Counter<f64, AtomicU64>>,
     pub instance_samples: Arc<InstanceSamples>,
 }
 
@@ -115,6 +117,8 @@ impl Metrics {
             instances: Family::default(),
             queue_depth: Family::default(),
             gb_seconds: Family::default(),
+            wasm_memory: Family::default(),
+            wasm_exec_seconds: Family::default(),
             instance_samples: Arc::new(InstanceSamples::default()),
             registry: Registry::with_prefix("nubo"),
         };
@@ -159,6 +163,16 @@ impl Metrics {
             "usage_gb_seconds",
             "Memory limit in GB times invocation duration in seconds",
             m.gb_seconds.clone(),
+        );
+        m.registry.register(
+            "wasm_memory_bytes",
+            "Linear memory held by a wasm function's live instances",
+            m.wasm_memory.clone(),
+        );
+        m.registry.register(
+            "wasm_exec_seconds",
+            "Time spent running a wasm function's guest code",
+            m.wasm_exec_seconds.clone(),
         );
         m
     }

@@ -393,9 +393,16 @@ impl Store {
         Ok(existed)
     }
 
-    /// Appends log lines in one transaction and trims each touched function to
-    /// [`LOG_LINES_PER_FUNCTION`] lines.
-    pub fn append_logs(&self, lines: &[LogLine]) -> Result<(), StoreError> {
+    /// Appends log lines and invocation records in one transaction (one fsync). With `trim`,
+    /// also bounds the store: each touched function to [`LOG_LINES_PER_FUNCTION`] lines, no
+    /// line older than [`LOG_MAX_AGE_MS`], and the records likewise; trimming costs a scan of
+    /// a function's newest lines, so writers ask for it about once a second, not per batch.
+    pub fn append(
+        &self,
+        lines: &[LogLine],
+        records: &[InvocationRow],
+        trim: bool,
+    ) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         {
@@ -413,18 +420,27 @@ impl Store {
                 ])?;
             }
         }
-        let mut touched: Vec<&str> = lines.iter().map(|l| l.function.as_str()).collect();
-        touched.sort_unstable();
-        touched.dedup();
-        for f in touched {
+        records::insert(&tx, records)?;
+        if trim {
+            let mut touched: Vec<&str> = lines.iter().map(|l| l.function.as_str()).collect();
+            touched.sort_unstable();
+            touched.dedup();
+            for f in touched {
+                tx.execute(
+                    "DELETE FROM logs WHERE function = ?1 AND id <= (SELECT id FROM logs
+                     WHERE function = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                    params![f, LOG_LINES_PER_FUNCTION],
+                )?;
+            }
+            // Ids follow time, so the old lines are a prefix: the scan stops at the first
+            // young one instead of reading every line.
             tx.execute(
-                "DELETE FROM logs WHERE function = ?1 AND id <= (SELECT MAX(id) FROM logs WHERE function = ?1) - ?2",
-                params![f, LOG_LINES_PER_FUNCTION],
+                "DELETE FROM logs WHERE id < COALESCE(
+                    (SELECT id FROM logs WHERE ts >= ?1 ORDER BY id LIMIT 1),
+                    (SELECT MAX(id) + 1 FROM logs))",
+                [now_ms() - LOG_MAX_AGE_MS],
             )?;
-            tx.execute(
-                "DELETE FROM logs WHERE function = ?1 AND ts < ?2",
-                params![f, now_ms() - LOG_MAX_AGE_MS],
-            )?;
+            records::trim(&tx)?;
         }
         tx.commit()?;
         Ok(())

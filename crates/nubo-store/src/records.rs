@@ -2,7 +2,7 @@
 //! that usage always reconciles with the records it is the sum of.
 
 use crate::{Store, StoreError, now_ms};
-use rusqlite::params;
+use rusqlite::{Transaction, params};
 use serde::Serialize;
 
 /// One finished invocation.
@@ -23,6 +23,10 @@ pub struct InvocationRow {
     pub trigger: String,
     /// The memory limit the invocation ran under.
     pub memory_mb: i64,
+    /// CPU time charged to this invocation: for wasm the time the guest ran; for process and
+    /// lambda instances the cgroup CPU the instance used since its previous invocation ended
+    /// (start-up included), so the records of an instance add up to all the CPU it used.
+    pub cpu_us: Option<i64>,
 }
 
 /// Usage of one function (or project) over a window.
@@ -34,6 +38,8 @@ pub struct Usage {
     pub gb_seconds: f64,
     /// Invocations that answered 500 or more.
     pub errors: i64,
+    /// CPU time charged to the invocations (see [`InvocationRow::cpu_us`]).
+    pub cpu_seconds: f64,
 }
 
 /// Records kept: the newest this many, and none older than [`RECORDS_MAX_AGE_MS`].
@@ -43,45 +49,46 @@ pub const RECORDS_MAX_AGE_MS: i64 = 30 * 24 * 3600 * 1000;
 /// GB-seconds of one record, as SQL over its columns (1 ms granularity, rounded up).
 const GB_SECONDS: &str = "memory_mb / 1024.0 * ((duration_us + 999) / 1000) / 1000.0";
 
-impl Store {
-    /// Appends records in one transaction and trims by count and age.
-    pub fn append_records(&self, rows: &[InvocationRow]) -> Result<(), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        {
-            let mut insert = tx.prepare_cached(
-                "INSERT INTO records (id, function, project, revision, instance, start_ms,
-                 duration_us, status, mode, trigger, memory_mb)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            )?;
-            for r in rows {
-                insert.execute(params![
-                    r.id,
-                    r.function,
-                    r.project,
-                    r.revision,
-                    r.instance,
-                    r.start_ms,
-                    r.duration_us,
-                    r.status,
-                    r.mode,
-                    r.trigger,
-                    r.memory_mb
-                ])?;
-            }
-        }
-        tx.execute(
-            "DELETE FROM records WHERE start_ms < ?1",
-            [now_ms() - RECORDS_MAX_AGE_MS],
-        )?;
-        tx.execute(
-            "DELETE FROM records WHERE rowid <= (SELECT MAX(rowid) FROM records) - ?1",
-            [RECORDS_KEPT],
-        )?;
-        tx.commit()?;
-        Ok(())
+/// Inserts records inside the caller's transaction.
+pub(crate) fn insert(tx: &Transaction, rows: &[InvocationRow]) -> Result<(), StoreError> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO records (id, function, project, revision, instance, start_ms,
+         duration_us, status, mode, trigger, memory_mb, cpu_us)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?;
+    for r in rows {
+        insert.execute(params![
+            r.id,
+            r.function,
+            r.project,
+            r.revision,
+            r.instance,
+            r.start_ms,
+            r.duration_us,
+            r.status,
+            r.mode,
+            r.trigger,
+            r.memory_mb,
+            r.cpu_us
+        ])?;
     }
+    Ok(())
+}
 
+/// Bounds the records by count and age.
+pub(crate) fn trim(tx: &Transaction) -> Result<(), StoreError> {
+    tx.execute(
+        "DELETE FROM records WHERE start_ms < ?1",
+        [now_ms() - RECORDS_MAX_AGE_MS],
+    )?;
+    tx.execute(
+        "DELETE FROM records WHERE rowid <= (SELECT MAX(rowid) FROM records) - ?1",
+        [RECORDS_KEPT],
+    )?;
+    Ok(())
+}
+
+impl Store {
     /// A function's records since `since` (ms), newest first.
     pub fn records(
         &self,
@@ -92,7 +99,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, function, project, revision, instance, start_ms, duration_us, status,
-                    mode, trigger, memory_mb
+                    mode, trigger, memory_mb, cpu_us
              FROM records WHERE function = ?1 AND start_ms >= ?2
              ORDER BY start_ms DESC, rowid DESC LIMIT ?3",
         )?;
@@ -109,6 +116,7 @@ impl Store {
                 mode: r.get(8)?,
                 trigger: r.get(9)?,
                 memory_mb: r.get(10)?,
+                cpu_us: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -119,7 +127,8 @@ impl Store {
         let conn = self.conn();
         let query = |by: &str| -> Result<Vec<Usage>, StoreError> {
             let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {by}, COUNT(*), SUM({GB_SECONDS}), SUM(status >= 500)
+                "SELECT {by}, COUNT(*), SUM({GB_SECONDS}), SUM(status >= 500),
+                        COALESCE(SUM(cpu_us), 0) / 1e6
                  FROM records WHERE start_ms >= ?1 GROUP BY {by} ORDER BY {by}"
             ))?;
             let rows = stmt.query_map([since], |r| {
@@ -128,6 +137,7 @@ impl Store {
                     invocations: r.get(1)?,
                     gb_seconds: r.get(2)?,
                     errors: r.get(3)?,
+                    cpu_seconds: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)

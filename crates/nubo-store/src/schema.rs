@@ -97,6 +97,8 @@ CREATE TABLE records (
 CREATE INDEX records_by_function ON records(function, start_ms);
 CREATE INDEX records_by_time ON records(start_ms);
 "#,
+    // CPU time charged to an invocation (microseconds); NULL where it is not measured.
+    "ALTER TABLE records ADD COLUMN cpu_us INTEGER;",
 ];
 
 pub fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {

@@ -119,10 +119,21 @@ fn logs_are_trimmed_per_function() {
         invocation: None,
         line: format!("line {i}"),
     };
-    let batch: Vec<_> = (0..LOG_LINES_PER_FUNCTION + 10).map(line).collect();
-    store.append_logs(&batch).unwrap();
+    // Another function's lines interleaved: each function keeps its own newest lines.
+    let batch: Vec<_> = (0..LOG_LINES_PER_FUNCTION + 10)
+        .flat_map(|i| {
+            let other = LogLine {
+                function: "h".into(),
+                ..line(i)
+            };
+            [line(i), other]
+        })
+        .collect();
+    store.append(&batch, &[], true).unwrap();
     let all = store.logs("f", 0, 0, i64::MAX, false).unwrap();
     assert_eq!(all.len() as i64, LOG_LINES_PER_FUNCTION);
+    let h = store.logs("h", 0, 0, i64::MAX, false).unwrap();
+    assert_eq!(h.len() as i64, LOG_LINES_PER_FUNCTION);
     assert_eq!(
         all.last().unwrap().line,
         format!("line {}", LOG_LINES_PER_FUNCTION + 9)
@@ -138,20 +149,28 @@ fn logs_are_trimmed_per_function() {
             .len(),
         10
     );
+    // Lines are stored in time order, so the expired ones are the oldest ids.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
     let old = LogLine {
         ts: now - LOG_MAX_AGE_MS - 1,
         function: "g".into(),
         ..line(0)
     };
-    store.append_logs(&[old.clone(), line(1)]).unwrap();
+    store.append(&[old.clone(), line(1)], &[], false).unwrap();
     store
-        .append_logs(&[LogLine {
-            function: "g".into(),
-            ..line(2)
-        }])
+        .append(
+            &[LogLine {
+                function: "g".into(),
+                ..line(2)
+            }],
+            &[],
+            true,
+        )
         .unwrap();
     let g = store.logs("g", 0, 0, 10, false).unwrap();
     assert_eq!(g.len(), 1, "the week-old line is trimmed");
+    assert_eq!(store.logs("f", 0, 0, 10, false).unwrap().len(), 1);
 }
 
 #[test]

@@ -65,7 +65,7 @@ enum Command {
         #[arg(long = "async")]
         asynchronous: bool,
     },
-    /// Invocations, GB-seconds and errors per function and project
+    /// Invocations, GB-seconds, CPU-seconds and errors per function and project
     Usage {
         /// Only invocations from this long ago on (e.g. 1h, 30m) [default: everything kept]
         #[arg(long)]

@@ -22,7 +22,7 @@ use crate::LogFn;
 use futures::future::BoxFuture;
 use logs::{StderrTail, pump};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -111,6 +111,8 @@ pub struct ProcessInstance {
     exit: Arc<watch::Sender<Option<Exit>>>,
     /// The sandbox init, for `new` instances (forked ones are signalled through the cgroup).
     pid: Option<u32>,
+    /// CPU time (µs) already charged to invocations, see [`ProcessInstance::charge_cpu`].
+    charged_cpu_us: AtomicU64,
 }
 
 impl ProcessInstance {
@@ -145,6 +147,14 @@ impl ProcessInstance {
 
     pub fn cpu_seconds(&self) -> f64 {
         self.cgroup.cpu_seconds()
+    }
+
+    /// The CPU time (µs) the instance used since the last call, for the invocation that just
+    /// finished: every microsecond of the instance, start-up included, is charged once.
+    pub fn charge_cpu(&self) -> i64 {
+        let now = (self.cgroup.cpu_seconds() * 1e6) as u64;
+        let before = self.charged_cpu_us.fetch_max(now, Ordering::Relaxed);
+        now.saturating_sub(before) as i64
     }
 
     pub fn memory_bytes(&self) -> u64 {
@@ -374,6 +384,7 @@ impl AppSpec {
             cgroup: Arc::new(cgroup),
             stopping: AtomicBool::new(false),
             exit: exit.clone(),
+            charged_cpu_us: AtomicU64::new(0),
         };
         {
             let exit = exit.clone();

@@ -254,6 +254,7 @@ impl Seed {
             stopping: Default::default(),
             exit,
             pid: None,
+            charged_cpu_us: Default::default(),
         };
         let ready = match went {
             Ok(()) => {

@@ -175,8 +175,16 @@ pub async fn handle(state: Arc<AppState>, req: axum::extract::Request) -> Respon
             }
         }
         "RequestResponse" => {
-            let trace = super::trace_header(&parts.headers);
-            let result = invoke_payload(&state, f.clone(), payload, &id, "invoke", trace).await;
+            let result = if state.otel.is_some() {
+                let mut headers = parts.headers.clone();
+                let t = crate::otel::Trace::begin(&mut headers);
+                let trace = super::trace_header(&headers);
+                let call = invoke_payload(&state, f.clone(), payload, &id, "invoke", trace);
+                crate::otel::CURRENT.scope(t, call).await
+            } else {
+                let trace = super::trace_header(&parts.headers);
+                invoke_payload(&state, f.clone(), payload, &id, "invoke", trace).await
+            };
             let mut r = match result {
                 PayloadResult::Ok { body, instance } => {
                     let mut r = Response::new(Body::from(body));
@@ -295,8 +303,14 @@ pub async fn invoke_payload(
             .split("desc=\"")
             .nth(1)
             .and_then(|t| t.split('"').next());
-        let instance = called.instance.as_deref();
-        gateway::count(state, &called.f, id, status, received, instance, mode);
+        let served = gateway::Served {
+            status,
+            instance: called.instance.as_deref(),
+            mode,
+            cpu_us: called.cpu_us,
+            timing: Some(&called.timing),
+        };
+        gateway::count(state, &called.f, id, received, served);
         let instance = called.instance;
         return match called.answer {
             Ok(Answer::Response(body)) => PayloadResult::Ok { body, instance },

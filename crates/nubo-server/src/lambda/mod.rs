@@ -85,6 +85,8 @@ pub struct Called {
     pub instance: Option<Arc<str>>,
     /// The `Server-Timing` value.
     pub timing: String,
+    /// CPU time charged to the invocation (see `ProcessInstance::charge_cpu`).
+    pub cpu_us: Option<i64>,
 }
 
 /// Runs one invocation on an idle instance of `app`; `trace` is the caller's trace context
@@ -105,6 +107,7 @@ pub async fn call(
                 answer: Err(Failure::Platform(err)),
                 instance: None,
                 timing: String::new(),
+                cpu_us: None,
             };
         }
     };
@@ -136,6 +139,7 @@ pub async fn call(
             answer: Err(Failure::Platform(err)),
             instance: Some(instance.id.clone()),
             timing: timing(Duration::ZERO),
+            cpu_us: None,
         };
     };
     let timeout = f.spec.timeout.to_std();
@@ -163,6 +167,7 @@ pub async fn call(
                 _ = tokio::time::sleep(timeout) => Err(Failure::Timeout),
             };
             let exec = started.elapsed();
+            let cpu_us = instance.charge_cpu();
             f.gb_seconds.inc_by(f.gb * exec.as_secs_f64());
             let log = |text: String| {
                 state
@@ -202,14 +207,15 @@ pub async fn call(
                 }
                 Err(Failure::Platform(_)) => drop(lease),
             }
-            (result, exec)
+            (result, exec, cpu_us)
         })
     };
-    let (result, exec) = match task.await {
+    let (result, exec, cpu_us) = match task.await {
         Ok(r) => r,
         Err(e) => (
             Err(Failure::Platform(ApiError::internal("the invocation", e))),
             Duration::ZERO,
+            0,
         ),
     };
     Called {
@@ -217,6 +223,7 @@ pub async fn call(
         answer: result,
         instance: Some(instance.id.clone()),
         timing: timing(exec),
+        cpu_us: Some(cpu_us),
     }
 }
 
@@ -358,6 +365,9 @@ pub async fn invoke_http(
         }
         Err(failure) => failure_response(&f, failure),
     };
+    if let Some(cpu) = called.cpu_us {
+        resp.extensions_mut().insert(gateway::CpuCharge(cpu));
+    }
     let h = resp.headers_mut();
     if let Some(i) = &called.instance {
         h.insert("nubo-instance", gateway::header_value(i));

@@ -4,7 +4,6 @@ use crate::Output;
 use comfy_table::{Table, presets::NOTHING};
 use nubo_client::Client;
 use serde_json::Value;
-use std::time::Duration;
 
 /// `--since 10m` as milliseconds since the epoch (0: no bound).
 fn since_ms(since: Option<&str>) -> anyhow::Result<i64> {
@@ -25,12 +24,13 @@ pub async fn usage(client: &Client, since: Option<&str>, output: Output) -> anyh
         return Ok(());
     }
     for (what, key) in [("function", "functions"), ("project", "projects")] {
-        let mut t = table(&[what, "invocations", "gb-seconds", "errors"]);
+        let mut t = table(&[what, "invocations", "gb-seconds", "cpu-seconds", "errors"]);
         for u in v[key].as_array().into_iter().flatten() {
             t.add_row(vec![
                 s(&u["name"]),
                 s(&u["invocations"]),
                 format!("{:.6}", u["gb_seconds"].as_f64().unwrap_or(0.0)),
+                format!("{:.6}", u["cpu_seconds"].as_f64().unwrap_or(0.0)),
                 s(&u["errors"]),
             ]);
         }
@@ -204,21 +204,33 @@ pub async fn logs(
     output: Output,
 ) -> anyhow::Result<()> {
     let since = since_ms(since.as_deref())?;
-    let v = client.logs(name, 0, since, lines.max(1)).await?;
-    let mut last = 0;
-    for l in v["lines"].as_array().into_iter().flatten() {
-        print_line(l, output);
-        last = l["id"].as_i64().unwrap_or(last);
-    }
     if !follow {
-        return Ok(());
-    }
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let v = client.logs(name, last, since, 1000).await?;
+        let v = client.logs(name, 0, since, lines.max(1)).await?;
         for l in v["lines"].as_array().into_iter().flatten() {
             print_line(l, output);
-            last = l["id"].as_i64().unwrap_or(last);
         }
+        return Ok(());
+    }
+    // The server streams the newest lines, then each new one as it is stored.
+    let mut resp = client.follow_logs(name, since, lines.max(1)).await?;
+    let mut pending = Vec::new();
+    loop {
+        let chunk = resp
+            .chunk()
+            .await
+            .map_err(|e| anyhow::anyhow!("the server stopped streaming the logs of {name}: {e}"))?;
+        let Some(chunk) = chunk else {
+            anyhow::bail!(
+                "the server ended the log stream: function {name} was removed, or the server stopped"
+            );
+        };
+        pending.extend_from_slice(&chunk);
+        while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = pending.drain(..=end).collect();
+            if let Ok(l) = serde_json::from_slice::<Value>(&line) {
+                print_line(&l, output);
+            }
+        }
+        let _ = std::io::Write::flush(&mut std::io::stdout());
     }
 }

@@ -37,29 +37,33 @@ pub async fn run(
         );
         for r in &rows {
             let id = r["id"].as_str().unwrap_or_default().to_string();
-            let cpu = r["cpu_seconds"].as_f64().unwrap_or(0.0);
-            let pct = last_cpu
-                .get(&id)
-                .map(|before| {
-                    format!(
-                        "{:.1}",
-                        (cpu - before).max(0.0) / pause.as_secs_f64() * 100.0
-                    )
-                })
-                .unwrap_or_else(|| "-".into());
-            last_cpu.insert(id.clone(), cpu);
+            let cpu = r["cpu_seconds"].as_f64();
+            let pct = match (cpu, last_cpu.get(&id)) {
+                (Some(now), Some(before)) => format!(
+                    "{:.1}",
+                    (now - before).max(0.0) / pause.as_secs_f64() * 100.0
+                ),
+                _ => "-".into(),
+            };
+            if let Some(now) = cpu {
+                last_cpu.insert(id.clone(), now);
+            }
+            let shown = |v: &Value| match v {
+                Value::Null => "-".to_string(),
+                v => v.to_string(),
+            };
             t.add_row(vec![
                 r["function"].as_str().unwrap_or_default().to_string(),
                 id,
                 r["revision"].to_string(),
                 r["state"].as_str().unwrap_or_default().to_string(),
                 r["mode"].as_str().unwrap_or_default().to_string(),
-                r["inflight"].to_string(),
-                r["served"].to_string(),
+                shown(&r["inflight"]),
+                shown(&r["served"]),
                 pct,
-                format!("{cpu:.2}"),
+                cpu.map_or("-".into(), |c| format!("{c:.2}")),
                 mib(r["memory_bytes"].as_u64().unwrap_or(0)),
-                age(r["age_seconds"].as_f64().unwrap_or(0.0)),
+                r["age_seconds"].as_f64().map_or("-".into(), age),
             ]);
         }
         let mut out = std::io::stdout().lock();
@@ -69,7 +73,7 @@ pub async fn run(
         }
         writeln!(out, "{t}")?;
         if rows.is_empty() {
-            writeln!(out, "no process instances are running")?;
+            writeln!(out, "no instances are running")?;
         }
         out.flush()?;
         if once {
@@ -95,6 +99,24 @@ async fn collect(client: &Client, only: Option<&str>) -> anyhow::Result<Vec<Valu
     let mut rows = Vec::new();
     for name in names {
         let v = client.instances(&name).await?;
+        if v["kind"] == "wasm" {
+            // Wasm instances live for one request (or `reuse` of them): one row per function.
+            let c = &v["counts"];
+            rows.push(json!({
+                "function": name,
+                "id": "(wasm)",
+                "kind": "wasm",
+                "revision": v["revision"],
+                "state": format!("{} busy, {} idle", c["busy"], c["idle"]),
+                "mode": "-",
+                "inflight": c["busy"],
+                "served": Value::Null,
+                "cpu_seconds": Value::Null,
+                "memory_bytes": v["memory_bytes"],
+                "age_seconds": Value::Null,
+            }));
+            continue;
+        }
         for i in v["instances"].as_array().into_iter().flatten() {
             let mut i = i.clone();
             i["function"] = json!(name);

@@ -33,6 +33,10 @@ pub struct UpArgs {
     /// Unfinished async invocations one function may have queued; beyond, 429 queue_full
     #[arg(long, default_value_t = 100_000)]
     max_queued_invocations: u32,
+    /// Export a span per invocation (queue, cold start, execution) to this OpenTelemetry
+    /// collector, OTLP/HTTP JSON: http://HOST:4318 (off by default)
+    #[arg(long, env = "NUBO_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -52,12 +56,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     opts.body_limit = args.body_limit;
     opts.aws_region = args.aws_region;
     opts.max_queued = args.max_queued_invocations.max(1) as i64;
+    opts.otlp_endpoint = args.otlp_endpoint;
     if let Some(spec) = &args.aws_access_keys {
         opts.aws_keys = parse_access_keys(spec)?;
     }
     let shutdown = nubo_server::CancellationToken::new();
     let mut registry = None;
-    let result = nubo_server::run(opts, shutdown, |addr, _token| {
+    let result = nubo_server::run(opts, shutdown, |addr, token| {
         // Register first: whoever reads the line below may run the CLI at once.
         match connect::register_server(addr, &data_dir) {
             Ok(p) => registry = Some(p),
@@ -67,6 +72,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             "admin token: {}",
             data_dir.join(nubo_server::ADMIN_TOKEN_FILE).display()
         );
+        // Like a notebook server's link: opening it logs the dashboard in.
+        let mut shown = addr;
+        if shown.ip().is_unspecified() {
+            shown.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        eprintln!("dashboard: http://{shown}/_nubo/ui/?token={token}");
         // One line on stdout that scripts and tests parse; the rest goes to stderr.
         println!("listening on http://{addr}");
         let _ = std::io::stdout().flush();

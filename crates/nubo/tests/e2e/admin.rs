@@ -89,13 +89,13 @@ fn cli_lists_and_shows_functions() {
 }
 
 /// Parses `/_nubo/metrics` with the Prometheus project's own OpenMetrics parser (Python
-/// `prometheus_client`) and prints `{family: [type, [labels...]]}`.
+/// `prometheus_client`) and prints `{family: [type, [labels + __name__ + __value__...]]}`.
 const PARSE_METRICS: &str = r#"
 import json, sys
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 out = {}
 for fam in text_string_to_metric_families(sys.stdin.read()):
-    out[fam.name] = [fam.type, [dict(s.labels) for s in fam.samples]]
+    out[fam.name] = [fam.type, [dict(s.labels, __name__=s.name, __value__=s.value) for s in fam.samples]]
 print(json.dumps(out))
 "#;
 
@@ -113,6 +113,7 @@ functions:
   m:
     kind: wasm
     component: hello.wasm
+    reuse: 5
 ",
         "node",
     );
@@ -174,6 +175,16 @@ functions:
         by_instance("nubo_instance_cpu_seconds", "counter"),
         "{families}"
     );
+    // Wasm: the memory the pooled instance (reuse: 5) holds, and the time its guest ran.
+    let value_of = |name: &str, kind: &str, function: &str| {
+        family(name, kind)
+            .into_iter()
+            .find(|l| l["function"] == function)
+            .and_then(|l| l["__value__"].as_f64())
+            .unwrap_or_else(|| panic!("no {name} for {function} in {families}"))
+    };
+    assert!(value_of("nubo_wasm_memory_bytes", "gauge", "m") >= 65536.0);
+    assert!(value_of("nubo_wasm_exec_seconds", "counter", "m") > 0.0);
     let cold = family("nubo_cold_starts", "counter");
     assert!(
         cold.iter()
@@ -312,9 +323,215 @@ fn usage_reconciles_with_the_invocation_records() {
         .map(|r| r["trigger"].as_str().unwrap())
         .collect();
     assert_eq!(triggers, ["async", "http"], "newest first");
+    // CPU-seconds are the sum of the records' CPU time (for wasm: the time the guest ran).
+    for (i, name) in [(0, "big"), (1, "small")] {
+        let records = s.admin_get(&format!("/functions/{name}/records"))["records"].clone();
+        let cpu_us: i64 = records
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["cpu_us"].as_i64().expect("wasm records carry cpu_us"))
+            .sum();
+        let got = usage["functions"][i]["cpu_seconds"].as_f64().unwrap();
+        assert!(
+            (got - cpu_us as f64 / 1e6).abs() < 1e-9,
+            "{name}: {got} vs {cpu_us} µs"
+        );
+        assert!(got > 0.0);
+    }
+    let table = text(&s.nubo(&["usage"]).stdout);
+    assert!(table.contains("CPU-SECONDS"), "{table}");
     assert_eq!(usage["projects"][0]["name"], "u");
     assert_eq!(usage["projects"][0]["invocations"], 6);
     // Every invocation is also a line in the function's log.
     let logs = text(&s.nubo(&["logs", "big"]).stdout);
     assert_eq!(logs.matches("200 in ").count(), 4, "{logs}");
+}
+
+#[test]
+fn process_invocations_are_charged_the_instance_cpu() {
+    require_process_sandbox!();
+    let s = Server::start();
+    s.deploy_project(Project::app(
+        "project: c\nfunctions:\n  web:\n    kind: process\n    command: [node, server.js]\n",
+        "node",
+    ));
+    for _ in 0..3 {
+        assert_eq!(s.get("/fn/web/").status(), 200);
+    }
+    let instance_cpu = s.admin_get("/functions/web/instances")["instances"][0]["cpu_seconds"]
+        .as_f64()
+        .unwrap();
+    let mut records = serde_json::Value::Null;
+    eventually(Duration::from_secs(10), "three records", || {
+        records = s.admin_get("/functions/web/records")["records"].clone();
+        records.as_array().unwrap().len() == 3
+    });
+    let charged: Vec<i64> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["cpu_us"].as_i64().unwrap())
+        .collect();
+    // The first (oldest) invocation carries node's start-up; together they are, to within
+    // what the idle instance used since, all the CPU the instance used.
+    assert!(charged[2] > 1000, "start-up CPU charged: {charged:?}");
+    let total = charged.iter().sum::<i64>() as f64 / 1e6;
+    assert!(
+        total <= instance_cpu + 1e-6 && total > instance_cpu * 0.5,
+        "records {total} s vs instance {instance_cpu} s"
+    );
+}
+
+#[test]
+fn series_and_recent_rates_follow_invocations() {
+    let s = Server::start();
+    s.deploy(
+        "project: r\nfunctions:\n  h:\n    kind: wasm\n    component: hello.wasm\n",
+        &["hello"],
+    );
+    for _ in 0..5 {
+        assert_eq!(s.get("/fn/h/").status(), 200);
+    }
+    assert_eq!(s.get("/fn/h/").status(), 200);
+    let v = s.admin_get("/functions/h/series?minutes=15");
+    assert_eq!(v["step_seconds"], 10);
+    let points = v["points"].as_array().unwrap();
+    assert_eq!(points.len(), 90);
+    let sum = |k: &str| points.iter().map(|p| p[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!(sum("invocations"), 6);
+    assert_eq!(
+        sum("cold_starts"),
+        6,
+        "reuse 1: every invocation starts an instance"
+    );
+    assert_eq!(sum("errors"), 0);
+    let last_busy = points.iter().rev().find(|p| p["invocations"] != 0).unwrap();
+    assert!(last_busy["p50_ms"].as_f64().unwrap() > 0.0);
+    assert!(last_busy["p99_ms"].as_f64().unwrap() >= last_busy["p50_ms"].as_f64().unwrap());
+    let list = s.admin_get("/functions");
+    let recent = &list["functions"][0]["recent"];
+    assert_eq!(recent["invocations"], 6, "{list}");
+    assert!(recent["per_second"].as_f64().unwrap() > 0.0);
+    let r = s
+        .http()
+        .get(format!(
+            "{}/_nubo/api/v1/functions/h/series?minutes=60",
+            s.url
+        ))
+        .bearer_auth(s.token())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().unwrap();
+    assert!(
+        body["error"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("15 minutes")
+    );
+}
+
+#[test]
+fn the_logs_api_streams_until_the_function_is_removed() {
+    let s = Server::start();
+    s.deploy(
+        "project: l\nfunctions:\n  t:\n    kind: wasm\n    component: testkit.wasm\n",
+        &["testkit"],
+    );
+    assert_eq!(s.get("/fn/t/log").status(), 200);
+    let mut resp = s
+        .http()
+        .get(format!(
+            "{}/_nubo/api/v1/functions/t/logs?follow=true&limit=1",
+            s.url
+        ))
+        .bearer_auth(s.token())
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(&mut resp)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(Some(line));
+        }
+        let _ = tx.send(None); // the stream ended
+    });
+    let next = |within: u64| {
+        rx.recv_timeout(Duration::from_secs(within))
+            .expect("the stream went quiet")
+    };
+    // First the newest line (limit=1), then the next invocation's lines as they come.
+    let first: serde_json::Value = serde_json::from_str(&next(10).unwrap()).unwrap();
+    assert_eq!(first["function"], "t", "{first}");
+    let r = s.get("/fn/t/log");
+    let invocation = r.headers()["nubo-invocation-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &serde_json::Value| {
+        l["stream"] == "stdout" && l["invocation"] == invocation.as_str()
+    }) {
+        let line = next(10).expect("the stream ended early");
+        seen.push(serde_json::from_str(&line).unwrap());
+    }
+    assert!(s.nubo(&["rm", "t"]).status.success());
+    loop {
+        if next(15).is_none() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn top_shows_wasm_and_process_instances_and_redraws_in_place() {
+    require_process_sandbox!();
+    let s = Server::start();
+    let p = Project::app(
+        "project: t\nfunctions:\n  web:\n    kind: process\n    command: [node, server.js]\n  h:\n    kind: wasm\n    component: hello.wasm\n    reuse: 3\n",
+        "node",
+    );
+    std::fs::copy(guest("hello"), p.dir().join("hello.wasm")).unwrap();
+    s.deploy_project(p);
+    assert_eq!(s.get("/fn/h/").status(), 200);
+    let instance = s.get("/fn/web/").headers()["nubo-instance"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let out = s.nubo(&["top", "-o", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["instances"].as_array().unwrap();
+    let web = rows.iter().find(|r| r["id"] == instance.as_str()).unwrap();
+    assert_eq!(web["function"], "web");
+    assert_eq!(web["state"], "ready");
+    assert!(web["memory_bytes"].as_u64().unwrap() > 0);
+    assert!(web["cpu_seconds"].as_f64().unwrap() > 0.0);
+    let h = rows.iter().find(|r| r["function"] == "h").unwrap();
+    assert_eq!(h["kind"], "wasm");
+    assert_eq!(h["state"], "0 busy, 1 idle");
+    assert!(h["memory_bytes"].as_u64().unwrap() > 0);
+    // On a terminal it redraws in place (home + clear) at every interval.
+    let cmd = format!(
+        "timeout -s INT 2 {} top --interval 0.3 --server {}",
+        nubo_bin(),
+        s.url
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("HOME", &s.home)
+        .output()
+        .unwrap();
+    let screen = text(&out.stdout);
+    assert!(screen.matches("\x1b[H\x1b[2J").count() >= 3, "{screen:?}");
+    assert!(
+        screen.contains("CPU%") && screen.contains(&instance),
+        "{screen}"
+    );
 }

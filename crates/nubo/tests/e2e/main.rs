@@ -8,4 +8,5 @@ mod async_invocations;
 mod deploys;
 mod lambda;
 mod process_apps;
+mod traces;
 mod wasm_functions;
