@@ -346,7 +346,15 @@ async fn invoke_process(
         }
     };
     let exec_started = Instant::now();
+    // An instance serving one request at a time: its output lines belong to this invocation.
+    let alone = f.spec.concurrency == 1;
+    if alone {
+        instance.serving.set(Some(&id));
+    }
     let answer = tokio::time::timeout(f.spec.timeout.to_std(), state.proxy.request(req)).await;
+    if alone {
+        instance.serving.set(None);
+    }
     let secs = exec_started.elapsed().as_secs_f64();
     f.gb_seconds.inc_by(f.gb * secs);
     let mut resp = match answer {

@@ -38,11 +38,27 @@ impl StderrTail {
     }
 }
 
+/// The invocation an instance is serving, when it serves one at a time: its output lines are
+/// tagged with it.
+#[derive(Clone, Default)]
+pub struct Serving(Arc<Mutex<Option<Arc<str>>>>);
+
+impl Serving {
+    pub fn set(&self, invocation: Option<&str>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = invocation.map(Arc::from);
+    }
+
+    fn get(&self) -> Option<Arc<str>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Reads `from` to its end, one log record per line.
 pub(crate) async fn pump(
     mut from: impl AsyncRead + Unpin,
     stream: &'static str,
     instance: Arc<str>,
+    serving: Serving,
     log: LogFn,
     tail: Option<StderrTail>,
 ) {
@@ -58,7 +74,7 @@ pub(crate) async fn pump(
         log(LogRecord {
             stream,
             instance: instance.clone(),
-            invocation: None,
+            invocation: serving.get(),
             line,
         });
     };

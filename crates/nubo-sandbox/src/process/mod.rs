@@ -20,6 +20,7 @@ pub use seed::{Parked, PythonApp, Seed};
 
 use crate::LogFn;
 use futures::future::BoxFuture;
+pub use logs::Serving;
 use logs::{StderrTail, pump};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -113,6 +114,8 @@ pub struct ProcessInstance {
     pid: Option<u32>,
     /// CPU time (µs) already charged to invocations, see [`ProcessInstance::charge_cpu`].
     charged_cpu_us: AtomicU64,
+    /// Tags output lines with the invocation being served (one-at-a-time instances).
+    pub serving: Serving,
 }
 
 impl ProcessInstance {
@@ -359,14 +362,17 @@ impl AppSpec {
         };
         let tail = StderrTail::default();
         let iid: Arc<str> = id.into();
+        let serving = Serving::default();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, "stdout", iid.clone(), self.log.clone(), None));
+            let s = serving.clone();
+            tokio::spawn(pump(out, "stdout", iid.clone(), s, self.log.clone(), None));
         }
         if let Some(err) = child.stderr.take() {
             tokio::spawn(pump(
                 err,
                 "stderr",
                 iid.clone(),
+                serving.clone(),
                 self.log.clone(),
                 Some(tail.clone()),
             ));
@@ -385,6 +391,7 @@ impl AppSpec {
             stopping: AtomicBool::new(false),
             exit: exit.clone(),
             charged_cpu_us: AtomicU64::new(0),
+            serving,
         };
         {
             let exit = exit.clone();

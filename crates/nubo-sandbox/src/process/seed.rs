@@ -11,7 +11,7 @@
 //! needs privileges the seed has dropped); they are isolated from every other revision and
 //! function, not from their siblings. See ARCHITECTURE.md.
 
-use super::logs::{StderrTail, pump};
+use super::logs::{Serving, StderrTail, pump};
 use super::{AppSpec, Exit, ProcessInstance, Ready, StartError, StartMode, free_port};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
@@ -69,6 +69,7 @@ pub struct Parked {
     cgroup: Arc<super::Cgroup>,
     exit: ExitSender,
     tail: StderrTail,
+    serving: Serving,
     go: OwnedFd,
     nspid: u32,
 }
@@ -167,13 +168,15 @@ impl Seed {
         drop((out_w, err_w, go_r));
         let iid: Arc<str> = id.into();
         let tail = StderrTail::default();
+        let serving = Serving::default();
         for (fd, stream, tail) in [
             (out_r, "stdout", None),
             (err_r, "stderr", Some(tail.clone())),
         ] {
             let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .map_err(|e| fail("reading the instance's output", &e))?;
-            tokio::spawn(pump(rx, stream, iid.clone(), spec.log.clone(), tail));
+            let s = serving.clone();
+            tokio::spawn(pump(rx, stream, iid.clone(), s, spec.log.clone(), tail));
         }
         let nspid = match tokio::time::timeout(spec.start_timeout, rx).await {
             Ok(Ok(Ok(pid))) => pid,
@@ -217,6 +220,7 @@ impl Seed {
             cgroup,
             exit,
             tail,
+            serving,
             go: go_w,
             nspid,
         })
@@ -232,6 +236,7 @@ impl Seed {
             cgroup,
             exit,
             tail,
+            serving,
             go,
             nspid,
         } = parked;
@@ -255,6 +260,7 @@ impl Seed {
             exit,
             pid: None,
             charged_cpu_us: Default::default(),
+            serving,
         };
         let ready = match went {
             Ok(()) => {

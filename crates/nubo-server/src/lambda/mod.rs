@@ -150,6 +150,8 @@ pub async fn call(
         let id = id.to_string();
         tokio::spawn(async move {
             let started = Instant::now();
+            // One invocation at a time: what the runtime prints now belongs to this one.
+            instance.serving.set(Some(&id));
             let answer = runtime.invoke(Event {
                 request_id: id.clone(),
                 deadline_ms: epoch_ms(SystemTime::now() + timeout),
@@ -167,6 +169,7 @@ pub async fn call(
                 _ = tokio::time::sleep(timeout) => Err(Failure::Timeout),
             };
             let exec = started.elapsed();
+            instance.serving.set(None);
             let cpu_us = instance.charge_cpu();
             f.gb_seconds.inc_by(f.gb * exec.as_secs_f64());
             let log = |text: String| {

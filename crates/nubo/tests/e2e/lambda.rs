@@ -114,6 +114,18 @@ fn python_lambda_runs_unchanged_over_http_and_the_invoke_api() {
     let remaining = v["remaining_ms"].as_i64().unwrap();
     assert!(remaining > 1000 && remaining <= 2000, "{remaining}");
 
+    // What the runtime prints during an invocation is tagged with that invocation.
+    let r = invoke_api(&s, "py", "RequestResponse", r#"{"action": "print"}"#);
+    assert_eq!(r.status(), 200);
+    let id = header(&r, "x-amzn-requestid").to_string();
+    eventually(Duration::from_secs(5), "the printed line tagged", || {
+        let out = s.nubo(&["logs", "py", "-n", "500", "-o", "json"]);
+        text(&out.stdout).lines().any(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["line"] == format!("printing for {id}") && v["invocation"] == id.as_str()
+        })
+    });
+
     // The handler raises: a function error, as AWS reports it.
     let r = invoke_api(&s, "py", "RequestResponse", r#"{"action": "fail"}"#);
     assert_eq!(r.status(), 200);

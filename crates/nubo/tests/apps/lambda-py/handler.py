@@ -12,6 +12,8 @@ def main(event, context):
         raise ValueError("requested failure")
     if action == "crash":
         os._exit(3)
+    if action == "print":
+        print(f"printing for {context.aws_request_id}", flush=True)
     if action == "sleep":
         time.sleep(event.get("ms", 0) / 1000)
     if isinstance(event, dict) and "rawPath" in event:
