@@ -5,6 +5,7 @@
 mod harness;
 mod admin;
 mod async_invocations;
+mod dashboard;
 mod deploys;
 mod lambda;
 mod process_apps;
