@@ -18,6 +18,8 @@ else
   fi
   cat .nubo/server.out
 fi
+# The dashboard link (it carries the admin token, so opening it logs in).
+grep -m1 "^dashboard: " .nubo/server.log || true
 cd examples/hello
 "$NUBO" deploy
 echo "--- nubo invoke hello"
