@@ -237,6 +237,9 @@ async fn deploy_to_end(
             retire(state, f);
         }
     }
+    for name in &outcome.removed {
+        state.forget_series(name);
+    }
 
     Ok(DeployResponse {
         id: outcome.id,
@@ -294,6 +297,7 @@ async fn remove_to_end(state: &Arc<AppState>, name: &str) -> Result<bool, ApiErr
     if let Some(f) = table.function(name) {
         retire(state, f);
     }
+    state.forget_series(name);
     Ok(existed)
 }
 

@@ -120,6 +120,15 @@ pub(crate) struct AppState {
 }
 
 impl AppState {
+    /// Drops a removed function's recent past (a function deployed again under the same name
+    /// starts from nothing).
+    pub fn forget_series(&self, name: &str) {
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
     /// Revision `revision` of a deployed function (the current one, or an older one made live
     /// on demand); `Ok(None)` when either does not exist.
     pub async fn function_at(
