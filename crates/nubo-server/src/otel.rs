@@ -163,8 +163,12 @@ impl Exporter {
         Ok(Exporter { tx, dropped })
     }
 
-    /// Records the spans of one finished invocation; never blocks.
+    /// Records the spans of one finished invocation; never blocks. A caller that marked its
+    /// trace as not sampled (`traceparent` flags without bit 0) gets no spans, as W3C intends.
     pub fn finished(&self, trace: &Trace, f: &Finished) {
+        if trace.flags & 1 == 0 {
+            return;
+        }
         let end = f.start + f.took;
         let figure = |name: &str| {
             f.timing
@@ -423,6 +427,70 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    fn finish(exporter: &Exporter, trace: &Trace) {
+        let now = SystemTime::now();
+        exporter.finished(
+            trace,
+            &Finished {
+                function: "f",
+                revision: 3,
+                invocation: "abc",
+                instance: Some("f-r3-1"),
+                status: 502,
+                trigger: "http",
+                start: now,
+                took: Duration::from_millis(30),
+                timing: Some("cold;dur=10.000;desc=\"fork\", queue;dur=5.000, exec;dur=12.000"),
+            },
+        );
+    }
+
+    #[test]
+    fn an_invocation_is_four_spans_laid_out_from_its_timing() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let exporter = Exporter {
+            tx,
+            dropped: Default::default(),
+        };
+        let mut h = http::HeaderMap::new();
+        let trace = Trace::begin(&mut h);
+        finish(&exporter, &trace);
+        let mut spans = Vec::new();
+        while let Ok(s) = rx.try_recv() {
+            spans.push(s);
+        }
+        let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["invoke f", "queue", "cold start", "execution"]);
+        let root = &spans[0];
+        assert!(root.server && root.error && root.parent.is_none());
+        // execution ends with the invocation; cold start ends where execution begins, and so on.
+        let ms = |a: SystemTime, b: SystemTime| b.duration_since(a).unwrap().as_secs_f64() * 1e3;
+        let (q, c, e) = (&spans[1], &spans[2], &spans[3]);
+        assert_eq!(e.end, root.end);
+        assert!((ms(e.start, e.end) - 12.0).abs() < 1e-6);
+        assert_eq!((c.end, q.end), (e.start, c.start));
+        assert!((ms(c.start, c.end) - 10.0).abs() < 1e-6);
+        assert!((ms(q.start, q.end) - 5.0).abs() < 1e-6);
+        assert!(spans[1..].iter().all(|s| s.parent == Some(trace.span_id)));
+        let json: Value = serde_json::from_slice(&encode(&spans)).unwrap();
+        let first = &json["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(first["traceId"], hex(&trace.trace_id));
+        assert_eq!(first["status"]["code"], 2);
+        assert_eq!(first["kind"], 2);
+        assert!(first["startTimeUnixNano"].is_string());
+
+        // Not sampled by the caller: nothing.
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+                .parse()
+                .unwrap(),
+        );
+        finish(&exporter, &Trace::begin(&mut h));
+        assert!(rx.try_recv().is_err());
     }
 
     #[test]
