@@ -141,6 +141,15 @@ fn the_dashboard_shows_functions_and_live_instances() {
     let png = std::fs::read(shots.join("functions.png")).unwrap();
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000);
 
+    // The usage page sums the records per function and project.
+    let dom = browse(
+        &tmp.path().join("g"),
+        &format!("{link}#/usage"),
+        &["--dump-dom"],
+    );
+    assert!(dom.contains(r#"data-usage="hello""#), "{dom}");
+    assert!(dom.contains(r#"data-usage="shop""#), "{dom}");
+
     // A wrong token gets the login form, not data.
     let dom = browse(
         &tmp.path().join("f"),
