@@ -48,6 +48,7 @@ pub fn router(state: S) -> Router<S> {
             ApiError::not_found("not_found", "no such admin API resource")
                 .hint("resources: functions, functions/<f>/revisions, functions/<f>/instances, functions/<f>/logs, functions/<f>/records, functions/<f>/series, usage, functions/<f>/invocations, functions/<f>/dlq/replay, invocations/<id>, blobs/<sha256>, deployments")
         })
+        .layer(middleware::map_response(json_rejections))
         .layer(middleware::from_fn_with_state(state, require_token));
     Router::new()
         .route(
@@ -62,6 +63,30 @@ pub fn router(state: S) -> Router<S> {
             ApiError::not_found("not_found", format!("{path} is not a platform route"))
                 .hint("platform routes: /_nubo/health, /_nubo/metrics, /_nubo/ui/, /_nubo/api/v1/…")
         })
+}
+
+/// axum answers a query, path or body it cannot parse with plain text; the API answers JSON
+/// in its one error shape, keeping axum's message (it names the parameter and the problem).
+async fn json_rejections(resp: Response) -> Response {
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    let status = resp.status();
+    if !plain || !(status.is_client_error()) {
+        return resp;
+    }
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    ApiError::new(
+        status,
+        "bad_request",
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+    .hint("see the admin API resources and their parameters in the README")
+    .into_response()
 }
 
 async fn require_token(State(state): State<S>, req: Request, next: Next) -> Response {

@@ -430,6 +430,26 @@ fn series_and_recent_rates_follow_invocations() {
             .unwrap()
             .contains("15 minutes")
     );
+    // A parameter that does not parse gets the same JSON error shape, naming it.
+    let r = s
+        .http()
+        .get(format!(
+            "{}/_nubo/api/v1/functions/h/series?minutes=abc",
+            s.url
+        ))
+        .bearer_auth(s.token())
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(error_code(&body), "bad_request");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("minutes"),
+        "{body}"
+    );
 }
 
 #[test]
