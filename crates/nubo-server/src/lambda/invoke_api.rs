@@ -346,10 +346,16 @@ pub async fn invoke_payload(
         .header("nubo-trigger", trigger)
         .body(())
         .map(|r| r.into_parts().0);
-    let parts = match req {
+    let mut parts = match req {
         Ok(p) => p,
         Err(e) => return PayloadResult::Platform(ApiError::internal("building the request", e)),
     };
+    // A traced invocation hands its span to the function, as over HTTP.
+    if let Ok(trace) = crate::otel::CURRENT.try_with(|t| *t)
+        && let Ok(v) = http::HeaderValue::from_str(&trace.traceparent())
+    {
+        parts.headers.insert("traceparent", v);
+    }
     let timeout = f.spec.timeout.to_std();
     let resp = gateway::run(state, f, parts, payload, id.to_string(), Instant::now()).await;
     let status = resp.status();

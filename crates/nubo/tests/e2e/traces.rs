@@ -173,6 +173,38 @@ fn invocations_are_traced_to_an_otlp_collector() {
             "{name} inside the invocation"
         );
     }
+    // The Lambda Invoke API continues the caller's trace too.
+    let other = "0af7651916cd43dd8448eb211c80319c";
+    let r = s
+        .http()
+        .post(format!("{}/2015-03-31/functions/t/invocations", s.url))
+        .header("traceparent", format!("00-{other}-b7ad6b7169203331-01"))
+        .body("{}")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let invoked = loop {
+        if let Some(s) = spans
+            .iter()
+            .find(|s| s["traceId"] == other && s["kind"] == 2)
+        {
+            break s.clone();
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, body) = bodies.recv_timeout(left).expect("the Invoke API's span");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        spans.extend(
+            v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .cloned(),
+        );
+    };
+    assert_eq!(invoked["parentSpanId"], "b7ad6b7169203331");
+    assert_eq!(attr(&invoked, "nubo.trigger")["stringValue"], "lambda-api");
+
     // Without a traceparent a new trace starts, and the function still gets one.
     let r = s.get("/fn/t/echo");
     let seen = r.headers()["echo-traceparent"].to_str().unwrap();
