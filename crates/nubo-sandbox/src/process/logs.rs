@@ -4,6 +4,7 @@
 use crate::{LogFn, LogRecord};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt as _};
 
 /// Lines longer than this are cut, as for wasm guests.
@@ -39,17 +40,45 @@ impl StderrTail {
 }
 
 /// The invocation an instance is serving, when it serves one at a time: its output lines are
-/// tagged with it.
+/// tagged with it. A line read shortly after the invocation ended still gets its tag: the
+/// answer can reach the server over TCP before the line written just before it is read from
+/// the pipe.
 #[derive(Clone, Default)]
-pub struct Serving(Arc<Mutex<Option<Arc<str>>>>);
+pub struct Serving(Arc<Mutex<ServingState>>);
+
+#[derive(Default)]
+struct ServingState {
+    current: Option<Arc<str>>,
+    ended: Option<(Arc<str>, Instant)>,
+}
+
+/// How long after an invocation ends its late lines are still attributed to it.
+const LATE_LINES: Duration = Duration::from_secs(1);
 
 impl Serving {
     pub fn set(&self, invocation: Option<&str>) {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = invocation.map(Arc::from);
+        let mut s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match invocation {
+            Some(id) => {
+                s.current = Some(Arc::from(id));
+                s.ended = None;
+            }
+            None => {
+                if let Some(id) = s.current.take() {
+                    s.ended = Some((id, Instant::now()));
+                }
+            }
+        }
     }
 
     fn get(&self) -> Option<Arc<str>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let s = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        s.current.clone().or_else(|| {
+            s.ended
+                .as_ref()
+                .filter(|(_, at)| at.elapsed() < LATE_LINES)
+                .map(|(id, _)| id.clone())
+        })
     }
 }
 
@@ -99,5 +128,25 @@ pub(crate) async fn pump(
     }
     if !partial.is_empty() {
         emit(&partial);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn late_lines_keep_the_invocation_they_were_written_in() {
+        let s = Serving::default();
+        assert_eq!(s.get(), None);
+        s.set(Some("a"));
+        assert_eq!(s.get().as_deref(), Some("a"));
+        s.set(None);
+        assert_eq!(s.get().as_deref(), Some("a"), "read just after the answer");
+        s.set(Some("b"));
+        assert_eq!(s.get().as_deref(), Some("b"));
+        s.set(None);
+        s.0.lock().unwrap().ended.as_mut().unwrap().1 -= LATE_LINES;
+        assert_eq!(s.get(), None, "long after, a line is nobody's");
     }
 }
